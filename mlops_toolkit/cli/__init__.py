@@ -1,0 +1,68 @@
+"""The ``mlops`` command line: aliases, models, promotion and health checks.
+
+Shaped like MLflow's own click CLI: one root group with global options, a sub-group per
+noun. Every toolkit error becomes one line on stderr with exit code 2 for bad input or
+unknown names and 1 for an unreachable server; no traceback unless MLOPS_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import click
+
+from mlops_toolkit import __version__
+from mlops_toolkit.cli.alias import alias
+from mlops_toolkit.cli.common import tracking_uri_option
+from mlops_toolkit.cli.doctor import doctor
+from mlops_toolkit.cli.models import models
+from mlops_toolkit.cli.promote import promote
+from mlops_toolkit.errors import MlopsError
+
+
+class _ToolkitGroup(click.Group):
+    """Root group: the one place where exceptions become a readable line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except MlopsError as exc:
+            raise _LineError(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as exc:
+            if os.environ.get("MLOPS_DEBUG"):
+                traceback.print_exc()
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise _LineError(
+                f"unexpected {type(exc).__name__}: {detail} (set MLOPS_DEBUG=1 for the traceback)", 1
+            ) from None
+
+
+class _LineError(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@click.group(cls=_ToolkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mlops")
+@tracking_uri_option(envvar="MLFLOW_TRACKING_URI")
+def main() -> None:
+    """Script-first MLOps on MLflow: models, aliases, promotion and serving."""
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+
+main.add_command(alias)
+main.add_command(models)
+main.add_command(promote)
+main.add_command(doctor)
+
+
+if __name__ == "__main__":  # python -m mlops_toolkit.cli
+    sys.exit(main())
