@@ -52,7 +52,7 @@ class _LineError(click.ClickException):
 
 @click.group(cls=_ToolkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="mlops")
-@tracking_uri_option(envvar="MLFLOW_TRACKING_URI")
+@tracking_uri_option(root=True)
 def main() -> None:
     """Script-first MLOps on MLflow: models, aliases, promotion and serving."""
     logging.getLogger("mlflow").setLevel(logging.ERROR)

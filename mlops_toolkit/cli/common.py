@@ -12,19 +12,24 @@ import click
 from mlops_toolkit import config
 
 
-def _apply_tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+def _configure_from_root(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Each invocation starts from the environment, then applies the root ``--tracking-uri``."""
+    config.configure(tracking_uri=value or None)
+
+
+def _override_tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value:
         config.update(tracking_uri=value)
 
 
-def tracking_uri_option(envvar: str | None = None) -> Callable:
-    """``--tracking-uri`` on the root (reads the env) and on every command (overrides it)."""
+def tracking_uri_option(root: bool = False) -> Callable:
+    """``--tracking-uri`` on the root (reads $MLFLOW_TRACKING_URI) and on every command."""
     return click.option(
         "--tracking-uri",
-        envvar=envvar,
+        envvar="MLFLOW_TRACKING_URI" if root else None,
         expose_value=False,
         is_eager=True,
-        callback=_apply_tracking_uri,
+        callback=_configure_from_root if root else _override_tracking_uri,
         metavar="URI",
         help="MLflow tracking server (default: $MLFLOW_TRACKING_URI or http://127.0.0.1:5000).",
     )

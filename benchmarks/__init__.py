@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print a table, write JSON and compare against a same-run baseline."""

@@ -1,0 +1,116 @@
+"""Start and stop a local ``mlflow server`` child process.
+
+Used by ``mlops demo``, the test harness and the benchmarks, so all three run the same
+fast configuration (FACTS): one uvicorn worker, no job runner, loopback only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlops_toolkit.errors import MlopsError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class LocalMlflowServer:
+    """An ``mlflow server`` process on ``host:port`` with the given stores."""
+
+    backend_store_uri: str
+    artifacts_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    workers: int = 1
+    log_path: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> LocalMlflowServer:
+        """Start the server and wait until ``/health`` answers (typically 6-10 s)."""
+        if not self.port:
+            self.port = free_port(self.host)
+        elif port_is_open(self.host, self.port):
+            raise MlopsError(f"port {self.port} on {self.host} is already in use")
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path or self.artifacts_dir.parent / "mlflow-server.log"
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.extra_env}
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", self.backend_store_uri,
+            "--artifacts-destination", str(self.artifacts_dir),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--workers", str(self.workers),
+        ]
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.log_path = log_path
+        self._wait_healthy(timeout)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server and every worker it forked (its own process group)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        _signal_group(self.process, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process, signal.SIGKILL)
+            self.process.wait(5)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise MlopsError(f"mlflow server exited with code {self.process.returncode}; log: {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise MlopsError(f"mlflow server did not answer /health within {timeout:.0f} s; log: {self.log_path}")
+
+    def __enter__(self) -> LocalMlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
