@@ -28,6 +28,7 @@ class CountingProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers + body writes stall 40 ms on delayed ACKs
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass

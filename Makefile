@@ -1,0 +1,24 @@
+# The README's commands. Each creates the virtual environment it needs on first use and
+# reinstalls only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## test: the whole test suite against a real MLflow server (Postgres at 127.0.0.1:5432 if up)
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+## bench: the benchmarks (prints tables, writes benchmarks/results/*.json)
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.bench_logging
+
+clean:
+	rm -rf $(VENV) .pytest_cache benchmarks/results
