@@ -7,7 +7,7 @@ aliases are derived from the model's alias map.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -41,13 +41,17 @@ class VersionInfo:
     aliases: list[str] = field(default_factory=list)
 
 
-def iter_registered_models(client: MlflowClient, filter_string: str | None = None) -> Iterator[RegisteredModel]:
-    """Every registered model, following page tokens."""
+def iter_registered_models(
+    client: MlflowClient, filter_string: str | None = None, on_page: Callable[[], object] | None = None
+) -> Iterator[RegisteredModel]:
+    """Every registered model, following page tokens; ``on_page`` is called per request."""
     token = None
     while True:
         page = client.search_registered_models(
             filter_string=filter_string, max_results=PAGE_SIZE, page_token=token
         )
+        if on_page is not None:
+            on_page()
         yield from page
         token = page.token
         if not token:

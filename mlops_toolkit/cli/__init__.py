@@ -63,6 +63,14 @@ main.add_command(models)
 main.add_command(promote)
 main.add_command(doctor)
 
+try:  # the serving watcher ships in the same distribution, from services/autoserve/
+    from mlops_autoserve.cli import autoserve, serve
+
+    main.add_command(autoserve)
+    main.add_command(serve)
+except ImportError:  # pragma: no cover - a source tree without services/
+    pass
+
 
 if __name__ == "__main__":  # python -m mlops_toolkit.cli
     sys.exit(main())

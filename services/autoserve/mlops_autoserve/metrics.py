@@ -1,0 +1,46 @@
+"""Prometheus metrics: the names are a contract with dashboards and alerts."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+SWITCH_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300)
+
+
+class AutoserveMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.endpoint_info = Gauge(
+            "autoserve_endpoint_info", "One series per served (model, alias): version and state",
+            ["model", "alias", "version", "state"], registry=r,
+        )
+        self.reconcile_total = Counter(
+            "autoserve_reconcile", "Reconcile cycles by result", ["result"], registry=r
+        )
+        self.reconcile_duration = Histogram(
+            "autoserve_reconcile_duration_seconds", "Time of one reconcile cycle", registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.registry_requests = Counter(
+            "autoserve_registry_requests", "HTTP requests the watcher sent to the model registry", registry=r
+        )
+        self.deploy_total = Counter(
+            "autoserve_deploy", "Deployments started, by result", ["model", "alias", "result"], registry=r
+        )
+        self.switch_duration = Histogram(
+            "autoserve_switch_duration_seconds", "Alias seen moved until the new version serves",
+            registry=r, buckets=SWITCH_BUCKETS,
+        )
+        self.requests_total = Counter(
+            "autoserve_requests", "Gateway requests", ["model", "alias", "version", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "autoserve_request_duration_seconds", "Gateway request latency", ["model", "alias"],
+            registry=r, buckets=LATENCY_BUCKETS,
+        )
+        self.last_reconcile = Gauge(
+            "autoserve_last_reconcile_timestamp_seconds", "Unix time of the last completed reconcile",
+            registry=r,
+        )

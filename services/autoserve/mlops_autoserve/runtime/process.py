@@ -1,0 +1,210 @@
+"""Deployments as local ``mlflow models serve`` processes (the embedded default).
+
+Each deployment is recorded in ``<state_dir>/deployments/*.json`` (pid, port, temp dir)
+so that a restarted watcher can adopt processes that are still serving. Processes run in
+their own session: a watcher that dies does not take them down. Each gets its own TMPDIR
+because ``mlflow models serve`` downloads the model to a temp dir it never removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health
+from mlops_autoserve.settings import AutoserveSettings
+from mlops_toolkit.local_server import port_is_open
+
+PING_TIMEOUT = 1.0
+STOP_TIMEOUT = 10.0
+
+
+def slug(key: DeploymentKey) -> str:
+    """A file- and container-safe name for any model name (spaces, dots, unicode)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", key.model).strip("-.")[:40] or "model"
+    digest = hashlib.sha1(key.model.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}-v{key.version}"
+
+
+def ping(url: str, timeout: float = PING_TIMEOUT) -> bool:
+    """GET /ping (HEAD answers 405 on mlflow models serve)."""
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as response:  # noqa: S310
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class ProcessRuntime:
+    def __init__(self, settings: AutoserveSettings) -> None:
+        self.settings = settings
+        self.records = settings.state_dir / "deployments"
+        self.logs = settings.state_dir / "logs"
+        self.tmp = settings.state_dir / "tmp"
+        for folder in (self.records, self.logs, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._children: dict[int, subprocess.Popen] = {}
+        self._reserved_ports: set[int] = set()
+        self._lock = threading.Lock()
+
+    # -- Runtime -------------------------------------------------------------------------
+    def list(self) -> list[Deployment]:
+        deployments = []
+        for path in sorted(self.records.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being written right now
+            deployment = _deployment(record, path)
+            if self._alive(deployment):
+                deployments.append(deployment)
+            else:
+                self._clean_up(deployment)
+        return deployments
+
+    def start(self, key: DeploymentKey) -> Deployment:
+        name = slug(key)
+        with self._lock:
+            port = self._free_port()
+            self._reserved_ports.add(port)
+        tmp_dir = self.tmp / f"{name}-{port}"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        host = self.settings.serve_host
+        command = [
+            sys.executable, "-m", "mlflow", "models", "serve",
+            "-m", f"models:/{key.model}/{key.version}",
+            "--env-manager", self.settings.env_manager,
+            "-h", host, "-p", str(port), "-w", str(self.settings.workers),
+        ]
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
+            "TMPDIR": str(tmp_dir),
+            # models serve execs `uvicorn` through bash: it must find this venv's bin
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
+        log_path = self.logs / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+        record = {
+            "model": key.model, "version": key.version, "pid": process.pid, "port": port,
+            "url": f"http://{host}:{port}", "tmp_dir": str(tmp_dir), "log": str(log_path),
+            "started_at": time.time(),
+        }
+        path = self.records / f"{name}.json"
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(record))
+        partial.replace(path)
+        with self._lock:
+            self._children[process.pid] = process
+            self._reserved_ports.discard(port)
+        return _deployment(record, path)
+
+    def health(self, deployment: Deployment) -> Health:
+        if not self._alive(deployment):
+            return Health.DEAD
+        return Health.READY if ping(deployment.url) else Health.STARTING
+
+    def stop(self, deployment: Deployment) -> None:
+        pid = int(deployment.ident)
+        if self._alive(deployment):
+            _signal_group(pid, signal.SIGTERM)
+            if not self._wait_exit(pid, STOP_TIMEOUT):
+                _signal_group(pid, signal.SIGKILL)
+                self._wait_exit(pid, 5)
+        self._clean_up(deployment)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _alive(self, deployment: Deployment) -> bool:
+        pid = int(deployment.ident)
+        child = self._children.get(pid)
+        if child is not None:
+            return child.poll() is None
+        return _proc_matches(pid, deployment)
+
+    def _wait_exit(self, pid: int, timeout: float) -> bool:
+        child = self._children.get(pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child is not None:
+                if child.poll() is not None:
+                    return True
+            elif not _pid_running(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _clean_up(self, deployment: Deployment) -> None:
+        """Forget a stopped or dead deployment: record, temp dir, stray processes."""
+        pid = int(deployment.ident)
+        _signal_group(pid, signal.SIGKILL)  # uvicorn workers left behind by a killed parent
+        with self._lock:
+            self._children.pop(pid, None)
+        shutil.rmtree(deployment.details.get("tmp_dir", ""), ignore_errors=True)
+        record = deployment.details.get("record")
+        if record:
+            with contextlib.suppress(FileNotFoundError):
+                current = json.loads(Path(record).read_text())
+                if current.get("pid") == pid:  # not a newer deployment of the same version
+                    Path(record).unlink()
+
+    def _free_port(self) -> int:
+        used = set(self._reserved_ports)
+        for path in self.records.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                used.add(int(json.loads(path.read_text())["port"]))
+        low, high = self.settings.port_range
+        for port in range(low, high + 1):
+            if port not in used and not port_is_open(self.settings.serve_host, port):
+                return port
+        raise RuntimeError(f"no free port in {low}-{high}")
+
+
+def _deployment(record: dict, path: Path) -> Deployment:
+    return Deployment(
+        key=DeploymentKey(record["model"], int(record["version"])),
+        url=record["url"],
+        ident=str(record["pid"]),
+        started_at=float(record["started_at"]),
+        details={**record, "record": str(path)},
+    )
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _proc_matches(pid: int, deployment: Deployment) -> bool:
+    """Is ``pid`` still the serve process we recorded (and not a recycled pid)?"""
+    if not _pid_running(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    key = deployment.key
+    wanted = [f"models:/{key.model}/{key.version}".encode(), str(deployment.details.get("port")).encode()]
+    return all(w in argv for w in wanted)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

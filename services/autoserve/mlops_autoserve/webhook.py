@@ -1,0 +1,56 @@
+"""MLflow registry webhooks: verify, then use them only as a hint to reconcile now.
+
+Signature (MLflow OSS): ``X-MLflow-Signature: v1,<base64 HMAC-SHA256(secret,
+f"{delivery_id}.{timestamp}.{body}")>``, timestamp in Unix seconds. Deliveries are
+fire-and-forget on MLflow's side, so polling stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+
+ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
+WEBHOOK_NAME = "mlops-autoserve"
+
+
+def signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
+    signed = f"{delivery_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes, max_age: float, now: float | None = None) -> str | None:
+    """None when the delivery is authentic and fresh, else the reason to reject it."""
+    delivery_id = headers.get("X-MLflow-Delivery-Id", "")
+    timestamp = headers.get("X-MLflow-Timestamp", "")
+    given = headers.get("X-MLflow-Signature", "")
+    if not (delivery_id and timestamp and given):
+        return "missing X-MLflow-Delivery-Id, X-MLflow-Timestamp or X-MLflow-Signature"
+    try:
+        age = abs((now or time.time()) - int(timestamp))
+    except ValueError:
+        return "X-MLflow-Timestamp is not a Unix timestamp"
+    if age > max_age:
+        return f"timestamp is {age:.0f} s old (limit {max_age:.0f} s)"
+    if not hmac.compare_digest(given, signature(secret, delivery_id, timestamp, body)):
+        return "signature does not match"
+    return None
+
+
+def register(tracking_uri: str, url: str, secret: str | None) -> str:
+    """Create or update the autoserve webhook on the tracking server; returns its id."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    existing = [w for w in client.list_webhooks() if w.name == WEBHOOK_NAME]
+    if existing:
+        webhook = client.update_webhook(
+            existing[0].webhook_id, url=url, events=list(ALIAS_EVENTS), secret=secret, status="ACTIVE"
+        )
+    else:
+        webhook = client.create_webhook(WEBHOOK_NAME, url, list(ALIAS_EVENTS), secret=secret)
+    return webhook.webhook_id
