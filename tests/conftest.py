@@ -58,7 +58,17 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlf
     root = tmp_path_factory.mktemp("mlflow")
     backend, drop = _postgres_database()
     backend = backend or f"sqlite:///{root / 'mlflow.db'}"
-    server = LocalMlflowServer(backend_store_uri=backend, artifacts_dir=root / "artifacts")
+    from cryptography.fernet import Fernet
+
+    server = LocalMlflowServer(
+        backend_store_uri=backend,
+        artifacts_dir=root / "artifacts",
+        extra_env={  # registry webhooks to a loopback receiver (FACTS)
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        },
+    )
     started = time.monotonic()
     server.start()
     print(f"\nmlflow server {server.uri} on {backend.split('@')[-1]} ready in {time.monotonic() - started:.1f} s")

@@ -87,6 +87,7 @@ class Reconciler:
         self._failures: dict[DeploymentKey, _Failure] = {}
         self._unrouted_since: dict[DeploymentKey, float] = {}
         self._moved_seen: dict[RouteKey, tuple[int, float]] = {}
+        self._health_cache: dict[str, tuple[Health, float]] = {}
         self._thread: threading.Thread | None = None
         self.cycles = 0
 
@@ -117,7 +118,8 @@ class Reconciler:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             self.reconcile_once()
-            self._wake.wait(timeout=self.settings.health_interval)
+            until_registry = self._next_registry_read - time.monotonic()
+            self._wake.wait(timeout=max(0.05, min(until_registry, self.settings.health_interval)))
             self._wake.clear()
 
     # -- one cycle -----------------------------------------------------------------------
@@ -215,12 +217,17 @@ class Reconciler:
     def _observe(self) -> dict[DeploymentKey, tuple[Deployment, Health]]:
         """Observed state from the runtime; dead deployments are cleaned up and forgotten."""
         observed = {}
-        for deployment in self.runtime.list():
+        deployments = self.runtime.list()
+        alive = {d.ident for d in deployments}
+        for ident in list(self._health_cache):
+            if ident not in alive:
+                del self._health_cache[ident]
+        for deployment in deployments:
             key = deployment.key
             if key in self._pending or key in self._stopping_keys:
                 observed[key] = (deployment, Health.STARTING)
                 continue
-            health = self.runtime.health(deployment)
+            health = self._health(deployment)
             stuck = health is Health.STARTING and time.time() - deployment.started_at > self.settings.ready_timeout
             if health is Health.DEAD or stuck:
                 reason = "deployment died" if health is Health.DEAD else "deployment never became ready"
@@ -230,6 +237,19 @@ class Reconciler:
                 continue
             observed[key] = (deployment, health)
         return observed
+
+    def _health(self, deployment: Deployment) -> Health:
+        """Ping at most once per health interval while a deployment stays READY."""
+        now = time.monotonic()
+        cached = self._health_cache.get(deployment.ident)
+        if cached is not None and now - cached[1] < self.settings.health_interval:
+            return cached[0]
+        health = self.runtime.health(deployment)
+        if health is Health.READY:
+            self._health_cache[deployment.ident] = (health, now)
+        else:
+            self._health_cache.pop(deployment.ident, None)
+        return health
 
     def _state(self, key, keep, current, failure) -> str:
         if failure and key not in self._pending:

@@ -1,0 +1,228 @@
+"""The watcher end to end: real MLflow server, real ``mlflow models serve`` processes.
+
+The scenarios share one watcher and one model and run in file order, each starting from
+the state the previous one left (as an operator's day would); deployments take ~7 s to
+start, so sharing keeps the module around two minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import mlops_toolkit as mt
+from tests.mlops_autoserve.support import IRIS_COLUMNS, LoadClient, Watcher, http_json, pid_alive, wait_for
+
+pytestmark = pytest.mark.slow
+SECRET = "test-webhook-secret"
+DEPLOY_TIMEOUT = 90
+
+
+@pytest.fixture(scope="module")
+def watcher(tracking_uri, served_model, tmp_path_factory):
+    state = tmp_path_factory.mktemp("autoserve") / "state"
+    w = Watcher(tracking_uri, state, [served_model.name], secret=SECRET).start()
+    yield w
+    w.stop()
+
+
+def _pid(watcher: Watcher, version: int) -> int:
+    return next(r["pid"] for r in watcher.records() if r["version"] == version)
+
+
+def test_first_alias_is_served_through_the_gateway_and_directly(watcher, served_model):
+    model, v1 = served_model.name, served_model.good[0]
+    mt.set_alias(model, "Production", v1)
+    endpoint = wait_for(lambda: watcher.endpoint_ready("Production", v1), DEPLOY_TIMEOUT, what="Production ready")
+    status, headers, body = watcher.invoke(model, "Production")
+    assert status == 200 and headers["X-Model-Version"] == str(v1)
+    assert body == {"predictions": [0, 2]}
+    direct = http_json("POST", endpoint["url"] + "/invocations", {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}})
+    assert direct[0] == 200 and direct[2] == {"predictions": [0]}
+    assert http_json("GET", f"{watcher.url}/serve/{model.replace(' ', '%20')}/Production/ping")[0] == 200
+
+
+def test_challenger_version_promoted_is_a_route_flip_within_a_second(watcher, served_model):
+    model, (v1, v2, _) = served_model.name, served_model.good
+    mt.set_alias(model, "challenger", v2)
+    challenger = wait_for(lambda: watcher.endpoint_ready("challenger", v2), DEPLOY_TIMEOUT, what="challenger ready")
+    v2_pid, v1_pid = _pid(watcher, v2), _pid(watcher, v1)
+
+    mt.set_alias(model, "Production", v2)
+    flipped = time.monotonic()
+    production = wait_for(lambda: watcher.endpoint_ready("Production", v2), 5, interval=0.05)
+    # Poll interval 0.5 s: the flip itself must add (almost) nothing on top.
+    assert time.monotonic() - flipped < 1.5
+    # Two aliases, one version: one deployment, same URL, same process.
+    assert production["url"] == challenger["url"] and _pid(watcher, v2) == v2_pid
+    assert watcher.invoke(model, "Production")[1]["X-Model-Version"] == str(v2)
+    # v1 has no alias left: drained, then stopped.
+    wait_for(lambda: not pid_alive(v1_pid), 20, what="v1 process stopped")
+    assert [r["version"] for r in watcher.records()] == [v2]
+
+
+def test_alias_move_under_load_loses_no_request(watcher, served_model):
+    model, v3 = served_model.name, served_model.good[2]
+    path = f"/serve/{model.replace(' ', '%20')}/Production/invocations"
+    with LoadClient(watcher.port, path) as client:
+        wait_for(lambda: client.sent > 20, 10)
+        mt.set_alias(model, "Production", v3)
+        wait_for(lambda: client.versions.get(str(v3), 0) > 20, DEPLOY_TIMEOUT, what="v3 answering")
+    assert client.failed == 0, client.codes
+    assert client.versions[str(served_model.good[1])] > 20 and client.versions[str(v3)] > 20
+    assert 'autoserve_switch_duration_seconds_count' in watcher.metrics_text()
+
+
+def test_broken_version_is_contained(watcher, served_model, mlflow_client):
+    model, v3, broken = served_model.name, served_model.good[2], served_model.broken
+    mt.set_alias(model, "Production", broken)
+    endpoint = wait_for(
+        lambda: (e := watcher.endpoints()["Production"]) and e["state"] == "failed" and e, DEPLOY_TIMEOUT,
+        what="failed state",
+    )
+    assert endpoint["version"] == v3 and endpoint["desired_version"] == broken
+    assert f"v{broken}" in endpoint["last_error"]
+    status, headers, _ = watcher.invoke(model, "Production")
+    assert status == 200 and headers["X-Model-Version"] == str(v3)  # the old version keeps serving
+    tags = mlflow_client.get_model_version(model, str(broken)).tags
+    assert "mlops.autoserve.error" in tags
+    assert f'autoserve_deploy_total{{alias="Production",model="{model}",result="failed"}}' in watcher.metrics_text()
+    assert mt.get_alias(model, "Production").version == broken  # never a rewritten alias
+    mt.set_alias(model, "Production", v3)
+    wait_for(lambda: watcher.endpoint_ready("Production", v3), 10)
+
+
+def test_killed_deployment_is_restored(watcher, served_model):
+    model, v3 = served_model.name, served_model.good[2]
+    old_pid = _pid(watcher, v3)
+    os.killpg(old_pid, signal.SIGKILL)
+    wait_for(lambda: watcher.endpoint_ready("Production", v3) and _pid(watcher, v3) != old_pid, DEPLOY_TIMEOUT,
+             what="v3 restarted")
+    assert watcher.invoke(model, "Production")[0] == 200
+
+
+def test_restarted_watcher_adopts_running_deployments(watcher, served_model):
+    model = served_model.name
+    before = {r["version"]: r["pid"] for r in watcher.records()}
+    watcher.stop(signal.SIGKILL)  # the watcher dies; its deployments must not
+    assert all(pid_alive(pid) for pid in before.values())
+    watcher.start()
+    wait_for(lambda: watcher.endpoint_ready("Production", served_model.good[2]), 15, what="adopted")
+    assert {r["version"]: r["pid"] for r in watcher.records()} == before
+    assert watcher.invoke(model, "Production")[0] == 200
+
+
+def test_tracking_server_outage_changes_nothing_that_serves(watcher, served_model, mlflow_server):
+    model, v2 = served_model.name, served_model.good[1]
+    mlflow_server.stop()
+    try:
+        with LoadClient(watcher.port, f"/serve/{model.replace(' ', '%20')}/Production/invocations") as client:
+            wait_for(lambda: 'autoserve_reconcile_total{result="registry_error"}' in watcher.metrics_text(), 15)
+            time.sleep(3)
+        assert client.failed == 0 and client.sent > 50, client.codes
+        assert http_json("GET", watcher.url + "/health")[0] == 200
+    finally:
+        mlflow_server.start()
+    mt.set_alias(model, "Production", v2)  # recovered by itself: it follows the registry again
+    wait_for(lambda: watcher.endpoint_ready("Production", v2), 40, what="recovered")
+    assert "registry reachable again" in watcher.log_tail(200)
+
+
+def test_alias_delete_removes_route_then_process(watcher, served_model):
+    model, v3 = served_model.name, served_model.good[2]
+    mt.set_alias(model, "canary", v3)
+    wait_for(lambda: watcher.endpoint_ready("canary", v3), DEPLOY_TIMEOUT)
+    v3_pid = _pid(watcher, v3)
+    mt.delete_alias(model, "canary")
+    wait_for(lambda: "canary" not in watcher.endpoints(), 5)
+    status, _, body = watcher.invoke(model, "canary")
+    assert status == 404 and body["error"] == f"no endpoint for {model}@canary"
+    wait_for(lambda: not pid_alive(v3_pid), 20, what="canary's process stopped")
+
+
+def test_not_ready_endpoint_answers_503_json(watcher, served_model):
+    model, v1 = served_model.name, served_model.good[0]
+    mt.set_alias(model, "staging", v1)
+    wait_for(lambda: "staging" in watcher.endpoints(), 5)
+    status, _, body = watcher.invoke(model, "staging")
+    assert status == 503 and body["error"] == "endpoint not ready" and body["state"] == "starting"
+    wait_for(lambda: watcher.endpoint_ready("staging", v1), DEPLOY_TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "content_type, payload",
+    [
+        ("application/json", {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}}),
+        ("application/json", {"dataframe_records": [dict(zip(IRIS_COLUMNS, [6.7, 3.0, 5.2, 2.3]))]}),
+        ("application/json", {"instances": [dict(zip(IRIS_COLUMNS, [5.9, 3.0, 4.2, 1.5]))]}),
+        ("application/json", {"inputs": {c: [v] for c, v in zip(IRIS_COLUMNS, [5.1, 3.5, 1.4, 0.2])}}),
+        ("application/json", {"inputs": [[5.1, 3.5, 1.4, 0.2]]}),  # rejected by the schema: 400 passes through
+        ("application/json", {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}, "params": {}}),
+        ("text/csv", ",".join(IRIS_COLUMNS) + "\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"),
+        ("application/json", "not json"),
+        ("text/plain", "hello"),
+    ],
+    ids=["split", "records", "instances", "inputs-columns", "inputs-bare", "params", "csv", "bad-json", "text-plain"],
+)
+def test_every_payload_round_trips_unchanged(watcher, served_model, content_type, payload):
+    import json as _json
+
+    endpoint = watcher.endpoints()["Production"]
+    raw = (payload if isinstance(payload, str) else _json.dumps(payload)).encode()
+    headers = {"Content-Type": content_type}
+    model_path = served_model.name.replace(" ", "%20")
+    through = http_json("POST", f"{watcher.url}/serve/{model_path}/Production/invocations", raw=raw, headers=headers)
+    direct = http_json("POST", endpoint["url"] + "/invocations", raw=raw, headers=headers)
+    assert (through[0], through[2]) == (direct[0], direct[2])
+    assert through[1]["X-Model-Version"] == str(endpoint["version"])
+    if content_type in ("text/csv",) or "dataframe" in raw.decode() or "instances" in raw.decode():
+        assert through[0] == 200 and "predictions" in through[2]
+
+
+def test_webhook_signature_is_checked_and_wakes_the_watcher(tracking_uri, served_model, tmp_path):
+    """A watcher that polls every 5 minutes follows a move within a second of a signed webhook."""
+    from mlflow.webhooks.delivery import _generate_hmac_signature  # MLflow's own signer
+
+    model, v2 = served_model.name, served_model.good[1]
+    slow = Watcher(tracking_uri, tmp_path / "state", [model], "--aliases", "Production,shadow",
+                   poll_interval=300, secret=SECRET).start()
+    try:
+        wait_for(lambda: slow.endpoint_ready("Production", v2), DEPLOY_TIMEOUT)
+        mt.set_alias(model, "shadow", v2)
+        body = '{"entity": "model_version_alias", "action": "created", "data": {"name": "x", "alias": "shadow", "version": "2"}}'
+        stamp = str(int(time.time()))
+        bad = {"X-MLflow-Delivery-Id": "d1", "X-MLflow-Timestamp": stamp, "X-MLflow-Signature": "v1,AAAA"}
+        status, _, reply = http_json("POST", slow.url + "/webhooks/mlflow", raw=body.encode(), headers=bad)
+        assert status == 401 and "signature does not match" in reply["error"]
+        stale_stamp = str(int(time.time()) - 3600)
+        stale = {"X-MLflow-Delivery-Id": "d2", "X-MLflow-Timestamp": stale_stamp,
+                 "X-MLflow-Signature": _generate_hmac_signature(SECRET, "d2", stale_stamp, body)}
+        assert http_json("POST", slow.url + "/webhooks/mlflow", raw=body.encode(), headers=stale)[0] == 401
+        time.sleep(1)
+        assert "shadow" not in slow.endpoints()  # rejected deliveries woke nothing
+
+        good = {"X-MLflow-Delivery-Id": "d3", "X-MLflow-Timestamp": stamp,
+                "X-MLflow-Signature": _generate_hmac_signature(SECRET, "d3", stamp, body)}
+        sent = time.monotonic()
+        assert http_json("POST", slow.url + "/webhooks/mlflow", raw=body.encode(), headers=good)[0] == 200
+        wait_for(lambda: slow.endpoint_ready("shadow", v2), 2, interval=0.05)
+        assert time.monotonic() - sent < 1.0
+    finally:
+        assert slow.stop() == 0
+        mt.delete_alias(model, "shadow")
+
+
+def test_clean_shutdown_leaves_nothing_behind(watcher):
+    records = watcher.records()
+    assert records, "expected running deployments before shutdown"
+    assert watcher.stop(signal.SIGTERM) == 0
+    assert not any(pid_alive(r["pid"]) for r in records)
+    assert watcher.records() == []
+    assert not any((watcher.state_dir / "tmp").iterdir())  # models serve's temp downloads removed
+    from mlops_toolkit.local_server import port_is_open
+
+    assert not any(port_is_open("127.0.0.1", r["port"]) for r in records)
+    assert not port_is_open("127.0.0.1", watcher.port)
