@@ -145,5 +145,22 @@ def iris_data():
     return X, y
 
 
+@pytest.fixture
+def mlops_script():
+    """Run the installed ``mlops`` console script as a user would."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "mlops"
+    assert script.exists(), f"console script missing at {script}: is the package installed?"
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
+        return subprocess.run(
+            [str(script), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        )
+
+    return run
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent

@@ -61,7 +61,7 @@ def test_challenger_version_promoted_is_a_route_flip_within_a_second(watcher, se
     assert watcher.invoke(model, "Production")[1]["X-Model-Version"] == str(v2)
     # v1 has no alias left: drained, then stopped.
     wait_for(lambda: not pid_alive(v1_pid), 20, what="v1 process stopped")
-    assert [r["version"] for r in watcher.records()] == [v2]
+    wait_for(lambda: [r["version"] for r in watcher.records()] == [v2], 5, what="only v2 recorded")
 
 
 def test_alias_move_under_load_loses_no_request(watcher, served_model):
@@ -213,6 +213,54 @@ def test_webhook_signature_is_checked_and_wakes_the_watcher(tracking_uri, served
     finally:
         assert slow.stop() == 0
         mt.delete_alias(model, "shadow")
+
+
+def test_serve_status_shows_what_is_serving(watcher, served_model):
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from mlops_toolkit.cli import main
+
+    runner = CliRunner()
+    table = runner.invoke(main, ["serve", "status", "--gateway", watcher.url])
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:4] == ["MODEL", "ALIAS", "VERSION", "STATE"]
+    production = next(line for line in lines if " Production " in line)
+    assert f"v{served_model.good[1]}" in production and " ready " in production
+    data = _json.loads(runner.invoke(main, ["serve", "status", "--gateway", watcher.url, "--json"]).stdout)
+    assert {e["alias"] for e in data} >= {"Production", "challenger", "staging"}
+
+
+def test_second_watcher_on_a_busy_gateway_port_fails_cleanly(watcher, served_model, mlops_script):
+    result = mlops_script("autoserve", "--tracking-uri", watcher.tracking_uri, "--port", str(watcher.port),
+                          "--state-dir", str(watcher.state_dir.parent / "other"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"Error: gateway port 127.0.0.1:{watcher.port} is already in use; pick another with --port"
+    ), result.stderr
+
+
+CONTRACT_METRICS = [
+    "autoserve_endpoint_info", "autoserve_reconcile_total", "autoserve_reconcile_duration_seconds",
+    "autoserve_registry_requests_total", "autoserve_deploy_total", "autoserve_switch_duration_seconds",
+    "autoserve_requests_total", "autoserve_request_duration_seconds", "autoserve_last_reconcile_timestamp_seconds",
+]
+
+
+def test_metrics_contract_and_json_logs(watcher, served_model):
+    text = watcher.metrics_text()
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    for name in CONTRACT_METRICS:
+        assert any(e == name or e.startswith(name + "_") for e in exported), name
+    assert f'autoserve_endpoint_info{{alias="Production",model="{served_model.name}",state="ready",version="{served_model.good[1]}"}} 1.0' in text
+    import json as _json
+
+    lines = [line for line in watcher.log_path.read_text().splitlines() if line.startswith("{")]
+    records = [_json.loads(line) for line in lines]
+    assert records and all({"level", "logger", "message", "timestamp"} <= r.keys() for r in records)
+    assert any(r["message"] == "route switched" and r["model"] == served_model.name for r in records)
 
 
 def test_clean_shutdown_leaves_nothing_behind(watcher):

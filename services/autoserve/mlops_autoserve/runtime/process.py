@@ -151,7 +151,10 @@ class ProcessRuntime:
     def _clean_up(self, deployment: Deployment) -> None:
         """Forget a stopped or dead deployment: record, temp dir, stray processes."""
         pid = int(deployment.ident)
-        _signal_group(pid, signal.SIGKILL)  # uvicorn workers left behind by a killed parent
+        if not _pid_running(pid):
+            # uvicorn left behind by a killed parent. Safe: Linux never reuses a pid that is
+            # still some process group's id, so this group can only hold our orphans.
+            _signal_group(pid, signal.SIGKILL)
         with self._lock:
             self._children.pop(pid, None)
         shutil.rmtree(deployment.details.get("tmp_dir", ""), ignore_errors=True)
