@@ -4,13 +4,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: test bench clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+## demo: local MLflow server, training, promotion, serving and a first prediction (Ctrl-C stops all)
+demo: $(STAMP)
+	$(VENV)/bin/mlops demo $(DEMO_ARGS)
 
 ## test: the whole test suite against a real MLflow server (Postgres at 127.0.0.1:5432 if up)
 test: $(STAMP)

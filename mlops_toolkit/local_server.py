@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlops_toolkit.errors import MlopsError
+from mlops_toolkit.errors import MlopsError, ValidationError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,6 +32,42 @@ def port_is_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (Linux /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def who_listens(port: int) -> str | None:
+    """'pid 123 (cmdline)' of the process listening on TCP ``port``, from /proc (Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (proc / "fd").iterdir()}
+            if any(f"socket:[{inode}]" in links for inode in inodes):
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                return f"pid {proc.name} ({cmdline[:120]})"
+        except OSError:
+            continue
+    return "another user's process"
 
 
 @dataclass
@@ -56,7 +92,8 @@ class LocalMlflowServer:
         if not self.port:
             self.port = free_port(self.host)
         elif port_is_open(self.host, self.port):
-            raise MlopsError(f"port {self.port} on {self.host} is already in use")
+            holder = who_listens(self.port) or "an unknown process"
+            raise ValidationError(f"port {self.port} on {self.host} is already in use by {holder}")
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path or self.artifacts_dir.parent / "mlflow-server.log"
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.extra_env}

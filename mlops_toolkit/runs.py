@@ -89,6 +89,9 @@ class Run:
         if input_example is not None:
             signature = infer_signature(input_example, model.predict(input_example))
         requirements = pip_requirements or default_pip_requirements(flavor)
+        flavor_options = {}
+        if flavor.__name__ == "mlflow.sklearn":
+            flavor_options["skops_trusted_types"] = own_skops_types(model)
         with registry():
             info = flavor.log_model(
                 model,
@@ -99,6 +102,7 @@ class Run:
                 extra_pip_requirements=extra_pip_requirements,
                 registered_model_name=model_name,
                 await_registration_for=0,
+                **flavor_options,
             )
             mlflow.log_dict(build_contract(input_example, signature), CONTRACT_PATH, run_id=self.run_id)
         if info.registered_model_version is None:
@@ -140,6 +144,17 @@ def default_pip_requirements(flavor: ModuleType) -> list[str]:
     else:
         reqs = list(flavor.get_default_pip_requirements())
     return [*reqs, f"numpy=={numpy.__version__}"]
+
+
+def own_skops_types(model: Any) -> list[str]:
+    """The types skops would refuse to load for ``model`` (e.g. a tree's ``Tree``).
+
+    MLflow 3.17 stores sklearn models with skops, which loads only trusted types. The user
+    is logging a model they just trained, so its own types are the ones to trust.
+    """
+    import skops.io
+
+    return skops.io.get_untrusted_types(data=skops.io.dumps(model))
 
 
 _experiment_ids: dict[tuple[str, str], str] = {}

@@ -17,6 +17,7 @@ import click
 from mlops_toolkit import __version__
 from mlops_toolkit.cli.alias import alias
 from mlops_toolkit.cli.common import tracking_uri_option
+from mlops_toolkit.cli.demo import demo
 from mlops_toolkit.cli.doctor import doctor
 from mlops_toolkit.cli.models import models
 from mlops_toolkit.cli.promote import promote
@@ -55,13 +56,17 @@ class _LineError(click.ClickException):
 @tracking_uri_option(root=True)
 def main() -> None:
     """Script-first MLOps on MLflow: models, aliases, promotion and serving."""
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    # MLflow prints run links and INFO lines meant for notebooks; a command prints its own.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 main.add_command(alias)
 main.add_command(models)
 main.add_command(promote)
 main.add_command(doctor)
+main.add_command(demo)
 
 try:  # the serving watcher ships in the same distribution, from services/autoserve/
     from mlops_autoserve.cli import autoserve, serve

@@ -81,3 +81,19 @@ def echo_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str
     widths = [max(len(h), *(len(r[i]) for r in text_rows)) for i, h in enumerate(headers)]
     for row in [list(headers), *text_rows]:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _parse_port_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    try:
+        low, high = (int(p) for p in value.split("-"))
+    except ValueError:
+        raise click.BadParameter("expected LOW-HIGH, e.g. 18100-18199") from None
+    if not 1024 <= low <= high <= 65535:
+        raise click.BadParameter("expected 1024 <= LOW <= HIGH <= 65535")
+    return low, high
+
+
+def port_range_option(default: str) -> Callable:
+    """``--port-range LOW-HIGH``: ports for model deployments."""
+    return click.option("--port-range", default=default, show_default=True, callback=_parse_port_range,
+                        metavar="LOW-HIGH", help="Ports for the model deployments.")

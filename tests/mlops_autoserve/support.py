@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_toolkit.local_server import free_port
+from mlops_toolkit.local_server import pid_running as pid_alive  # noqa: F401 (re-exported for tests)
 
 IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 IRIS_SPLIT = {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}
@@ -164,12 +165,3 @@ class LoadClient:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-

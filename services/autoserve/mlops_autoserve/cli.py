@@ -10,22 +10,12 @@ from pathlib import Path
 import click
 
 from mlops_toolkit import config
-from mlops_toolkit.cli.common import echo_json, echo_table, json_option, tracking_uri_option
+from mlops_toolkit.cli.common import echo_json, echo_table, json_option, port_range_option, tracking_uri_option
 from mlops_toolkit.errors import MlopsError
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
     return frozenset(v.strip() for v in (value or "").split(",") if v.strip())
-
-
-def _port_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    try:
-        low, high = (int(p) for p in value.split("-"))
-    except ValueError:
-        raise click.BadParameter("expected LOW-HIGH, e.g. 18100-18999") from None
-    if not 1024 <= low <= high <= 65535:
-        raise click.BadParameter("expected 1024 <= LOW <= HIGH <= 65535")
-    return low, high
 
 
 @click.command()
@@ -37,7 +27,7 @@ def _port_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--runtime", type=click.Choice(["process"]), default="process", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Gateway address.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Gateway port.")
-@click.option("--port-range", default="18100-18999", show_default=True, callback=_port_range, help="Ports for deployments.")
+@port_range_option("18100-18999")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Uvicorn workers per deployment.")
 @click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv", "conda"]), default="local", show_default=True)
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_toolkit.local_server import port_is_open
+from mlops_toolkit.local_server import pid_running, port_is_open
 
 PING_TIMEOUT = 1.0
 STOP_TIMEOUT = 10.0
@@ -143,7 +143,7 @@ class ProcessRuntime:
             if child is not None:
                 if child.poll() is not None:
                     return True
-            elif not _pid_running(pid):
+            elif not pid_running(pid):
                 return True
             time.sleep(0.05)
         return False
@@ -151,7 +151,7 @@ class ProcessRuntime:
     def _clean_up(self, deployment: Deployment) -> None:
         """Forget a stopped or dead deployment: record, temp dir, stray processes."""
         pid = int(deployment.ident)
-        if not _pid_running(pid):
+        if not pid_running(pid):
             # uvicorn left behind by a killed parent. Safe: Linux never reuses a pid that is
             # still some process group's id, so this group can only hold our orphans.
             _signal_group(pid, signal.SIGKILL)
@@ -187,17 +187,9 @@ def _deployment(record: dict, path: Path) -> Deployment:
     )
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return status.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
 def _proc_matches(pid: int, deployment: Deployment) -> bool:
     """Is ``pid`` still the serve process we recorded (and not a recycled pid)?"""
-    if not _pid_running(pid):
+    if not pid_running(pid):
         return False
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

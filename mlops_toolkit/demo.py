@@ -1,0 +1,307 @@
+"""``mlops demo``: the whole product on one machine, from an empty folder to a prediction.
+
+Local MLflow server (SQLite + local artifacts in the state folder) -> train candidates ->
+champion/challenger gate -> autoserve (process runtime + gateway) -> a prediction from
+every alias -> a summary. Child processes are recorded in the state folder, so a later run
+finds and stops what a killed earlier run left behind instead of failing on busy ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlops_toolkit as mt
+from mlops_toolkit.errors import MlopsError, ValidationError
+from mlops_toolkit.local_server import LocalMlflowServer, pid_running, port_is_open, who_listens
+from mlops_toolkit.training import METRIC, champion_challenger, load_iris_split, train_candidates
+
+ALIASES = ("Production", "challenger")
+
+
+@dataclass
+class DemoOptions:
+    state_dir: Path = Path(".mlops")
+    tracking_uri: str | None = None  # an MLflow server that already runs: start none
+    mlflow_port: int = 5000
+    gateway_port: int = 8000
+    port_range: tuple[int, int] = (18100, 18199)
+    model_name: str = "iris"
+    reset: bool = False
+    exit_after_smoke: bool = False
+    ready_timeout: float = 180.0
+
+
+@dataclass
+class DemoResult:
+    tracking_uri: str
+    gateway: str
+    endpoints: list[dict] = field(default_factory=list)
+    predictions: dict[str, dict] = field(default_factory=dict)
+    seconds_to_first_prediction: float = 0.0
+
+
+class Progress:
+    """One line per step, with the time since the demo started."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self.started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def __call__(self, message: str) -> None:
+        self.echo(f"[{self.elapsed:5.1f}s] {message}")
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, echo: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.state = options.state_dir.resolve()
+        self.progress = Progress(echo)
+        self.echo = echo
+        self.server: LocalMlflowServer | None = None
+        self.autoserve: subprocess.Popen | None = None
+
+    # -- entry point ---------------------------------------------------------------------
+    def run(self) -> DemoResult:
+        try:
+            result = self._run()
+            if not self.options.exit_after_smoke:
+                self.echo("\nServing. Press Ctrl-C to stop everything.")
+                _wait_for_signal()
+            return result
+        finally:
+            self.stop()
+
+    def _run(self) -> DemoResult:
+        self._prepare_state()
+        tracking_uri = self._tracking_server()
+        mt.configure(tracking_uri=tracking_uri, experiment="mlops-demo", model_name=self.options.model_name)
+        self._train_and_promote()
+        gateway = self._start_autoserve(tracking_uri)
+        endpoints = self._wait_until_served(gateway)
+        result = DemoResult(tracking_uri, gateway, endpoints)
+        for alias in ALIASES:
+            result.predictions[alias] = self._predict(gateway, alias)
+        result.seconds_to_first_prediction = self.progress.elapsed
+        self._summary(result)
+        return result
+
+    # -- steps ---------------------------------------------------------------------------
+    def _prepare_state(self) -> None:
+        self._stop_leftovers()
+        if self.options.reset and self.state.exists():
+            shutil.rmtree(self.state)
+            self.progress(f"reset: removed {self.state}")
+        (self.state / "logs").mkdir(parents=True, exist_ok=True)
+        self.progress(f"state folder {self.state}")
+
+    def _tracking_server(self) -> str:
+        if self.options.tracking_uri:
+            from mlops_toolkit.connection import ensure_reachable
+
+            ensure_reachable(self.options.tracking_uri)
+            self.progress(f"using the MLflow server at {self.options.tracking_uri}")
+            return self.options.tracking_uri
+        self._check_port(self.options.mlflow_port, "--mlflow-port")
+        self.server = LocalMlflowServer(
+            backend_store_uri=f"sqlite:///{self.state / 'mlflow.db'}",
+            artifacts_dir=self.state / "artifacts",
+            port=self.options.mlflow_port,
+            log_path=self.state / "logs" / "mlflow-server.log",
+        )
+        self.progress(f"starting MLflow server on 127.0.0.1:{self.options.mlflow_port} (SQLite in the state folder)")
+        self.server.start()
+        self._record_children()
+        self.progress(f"MLflow server ready: {self.server.uri}")
+        return self.server.uri
+
+    def _train_and_promote(self) -> None:
+        X_train, X_val, y_train, y_val = load_iris_split()
+        model = self.options.model_name
+        self.progress(f"training candidates on iris ({len(X_train)} train / {len(X_val)} validation rows)")
+        chatter = io.StringIO()  # MLflow's "Created version ..." lines: the progress says it better
+        with contextlib.redirect_stderr(chatter):
+            new = train_candidates(
+                X_train, X_val, y_train, y_val, register_as=model,
+                on_trained=lambda c: self.progress(f"  {c.name:<14} {METRIC}={c.metrics[METRIC]:.4f} -> {model} v{c.version}"),
+            )
+        gate = champion_challenger(model, new)
+        self.progress(str(gate.decision))
+        if gate.challenger is not None:
+            self.progress(str(gate.challenger))
+
+    def _start_autoserve(self, tracking_uri: str) -> str:
+        self._check_port(self.options.gateway_port, "--gateway-port")
+        low, high = self.options.port_range
+        log = open(self.state / "logs" / "autoserve.log", "ab")
+        self.autoserve = subprocess.Popen(
+            [sys.executable, "-m", "mlops_toolkit.cli", "autoserve",
+             "--tracking-uri", tracking_uri, "--models", self.options.model_name,
+             "--aliases", ",".join(ALIASES), "--poll-interval", "2",
+             "--port", str(self.options.gateway_port), "--port-range", f"{low}-{high}",
+             "--state-dir", str(self.state / "autoserve")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        self._record_children()
+        gateway = f"http://127.0.0.1:{self.options.gateway_port}"
+        self.progress(f"autoserve starting: gateway {gateway} (log {self.state / 'logs' / 'autoserve.log'})")
+        return gateway
+
+    def _wait_until_served(self, gateway: str) -> list[dict]:
+        deadline = time.monotonic() + self.options.ready_timeout
+        last_line = ""
+        while time.monotonic() < deadline:
+            if self.autoserve.poll() is not None:
+                raise MlopsError(f"autoserve exited with code {self.autoserve.returncode}; see {self.state / 'logs' / 'autoserve.log'}")
+            endpoints = _get_json(f"{gateway}/endpoints") or []
+            states = {e["alias"]: e for e in endpoints}
+            line = ", ".join(
+                f"{a} {'v' + str(states[a]['desired_version']) + ' ' + states[a]['state'] if a in states else 'waiting'}"
+                for a in ALIASES
+            )
+            if line != last_line:
+                self.progress(f"serving: {line}")
+                last_line = line
+            if all(a in states and states[a]["state"] == "ready" for a in ALIASES):
+                return [states[a] for a in ALIASES]
+            time.sleep(0.25)
+        raise MlopsError(f"endpoints not ready after {self.options.ready_timeout:.0f} s: {last_line}")
+
+    def _predict(self, gateway: str, alias: str) -> dict:
+        X_train, _, _, _ = load_iris_split()
+        payload = {"dataframe_split": json.loads(X_train.head(2).to_json(orient="split", index=False))}
+        url = f"{gateway}/serve/{urllib.parse.quote(self.options.model_name)}/{alias}/invocations"
+        request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+            body = json.loads(response.read())
+            version = response.headers.get("X-Model-Version")
+        self.progress(f"prediction from {self.options.model_name}@{alias} (v{version}): {body['predictions']}")
+        return {"version": int(version), "predictions": body["predictions"], "payload": payload}
+
+    def _summary(self, result: DemoResult) -> None:
+        model = self.options.model_name
+        sample = json.dumps(result.predictions["Production"]["payload"])
+        lines = [
+            "",
+            f"Ready in {result.seconds_to_first_prediction:.1f} s.",
+            f"  MLflow UI        {result.tracking_uri}",
+            f"  gateway          {result.gateway}   (GET /endpoints, /metrics, /health)",
+        ]
+        for endpoint in result.endpoints:
+            lines.append(
+                f"  {model}@{endpoint['alias']:<11} v{endpoint['version']}  "
+                f"{result.gateway}/serve/{urllib.parse.quote(model)}/{endpoint['alias']}/invocations  (direct {endpoint['url']})"
+            )
+        lines += [
+            "",
+            "Try it:",
+            f"  curl -s -X POST {result.gateway}/serve/{urllib.parse.quote(model)}/Production/invocations \\",
+            f"       -H 'Content-Type: application/json' -d '{sample}'",
+            f"  MLFLOW_TRACKING_URI={result.tracking_uri} mlops alias set Production --model {model} --version "
+            f"{result.predictions['challenger']['version']}   # promote the challenger",
+        ]
+        self.echo("\n".join(lines))
+
+    # -- shutdown and leftovers ----------------------------------------------------------
+    def stop(self) -> None:
+        """Stop autoserve (which stops its deployments), then the MLflow server."""
+        if self.autoserve is not None and self.autoserve.poll() is None:
+            self.progress("stopping autoserve and its deployments")
+            self.autoserve.send_signal(signal.SIGTERM)
+            try:
+                self.autoserve.wait(60)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.autoserve.pid)
+        if self.server is not None:
+            self.progress("stopping the MLflow server")
+            self.server.stop()
+        pid_file = self.state / "demo-pids.json"
+        pid_file.unlink(missing_ok=True)
+        ports = [self.options.gateway_port] + ([self.options.mlflow_port] if self.server else [])
+        busy = [p for p in ports if port_is_open("127.0.0.1", p)]
+        if self.autoserve is not None or self.server is not None:
+            self.progress("stopped; nothing left running" if not busy else f"ports still bound: {busy}")
+
+    def _record_children(self) -> None:
+        pids = {"mlflow": self.server.process.pid if self.server and self.server.process else None,
+                "autoserve": self.autoserve.pid if self.autoserve else None}
+        (self.state / "demo-pids.json").write_text(json.dumps(pids))
+
+    def _stop_leftovers(self) -> None:
+        """A killed earlier run may have left its server and watcher: stop ours, only ours."""
+        pid_file = self.state / "demo-pids.json"
+        try:
+            pids = json.loads(pid_file.read_text())
+        except (OSError, ValueError):
+            return
+        for name, pid in pids.items():
+            if pid and _cmdline_mentions(pid, str(self.state)):
+                self.progress(f"stopping {name} (pid {pid}) left by an earlier demo run")
+                _kill_group(pid, signal.SIGTERM if name == "autoserve" else signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+
+    def _check_port(self, port: int, option: str) -> None:
+        """Fail at once on a stranger's port; give our own just-stopped processes time to exit."""
+        deadline = time.monotonic() + 10
+        while port_is_open("127.0.0.1", port):
+            holder = who_listens(port) or "an unknown process"
+            if str(self.state) not in holder or time.monotonic() > deadline:
+                raise ValidationError(f"port {port} is in use by {holder}; stop it or choose another with {option}")
+            time.sleep(0.2)
+
+
+def _get_json(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback)
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline_mentions(pid: int, text: str) -> bool:
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and pid_running(pid):
+        time.sleep(0.1)
+
+
+def _wait_for_signal() -> None:
+    """Block until Ctrl-C or SIGTERM (turned into KeyboardInterrupt for one code path)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

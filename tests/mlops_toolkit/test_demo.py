@@ -1,0 +1,101 @@
+"""``mlops demo`` end to end, as a user runs it from an empty folder."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlops_toolkit.local_server import free_port, pid_running, port_is_open
+
+pytestmark = pytest.mark.slow
+
+
+def _ports() -> list[str]:
+    base = 21000 + free_port() % 8000
+    return ["--mlflow-port", str(free_port()), "--gateway-port", str(free_port()), "--port-range", f"{base}-{base + 9}"]
+
+
+def _demo(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "mlops"
+    return subprocess.run([str(script), "demo", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _nothing_left(state: Path, ports: list[str]) -> None:
+    mine = [p for p in Path("/proc").iterdir() if p.name.isdigit() and pid_running(int(p.name))
+            and str(state) in _cmdline(p)]
+    assert mine == [], [(_cmdline(p)) for p in mine]
+    for option, value in zip(ports[::2], ports[1::2]):
+        if option != "--port-range":
+            assert not port_is_open("127.0.0.1", int(value)), option
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _aliases(state: Path) -> dict[str, int]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{state / 'mlflow.db'}")
+    return {alias: int(v) for alias, v in client.get_registered_model("iris").aliases.items()}
+
+
+def test_demo_twice_in_a_row_predicts_and_leaves_nothing_running(tmp_path):
+    ports = _ports()
+    first = _demo(tmp_path, "--exit-after-smoke", *ports)
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = first.stdout
+    assert re.search(r"prediction from iris@Production \(v\d+\): \[\d, \d\]", out)
+    assert re.search(r"prediction from iris@challenger \(v\d+\): \[\d, \d\]", out)
+    assert "curl -s -X POST http://127.0.0.1:" in out and "stopped; nothing left running" in out
+    ready = float(re.search(r"Ready in ([\d.]+) s", out).group(1))
+    assert ready > 0
+    state = tmp_path / ".mlops"
+    aliases = _aliases(state)
+    assert set(aliases) == {"Production", "challenger"} and aliases["Production"] != aliases["challenger"]
+    _nothing_left(state, ports)
+
+    second = _demo(tmp_path, "--exit-after-smoke", *ports)  # reuses the state folder
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "-> iris v6" in second.stdout  # three more candidates registered
+    assert _aliases(state)["challenger"] >= 4
+    _nothing_left(state, ports)
+
+
+def test_demo_recovers_from_a_killed_earlier_run(tmp_path):
+    ports = _ports()
+    script = Path(sys.executable).parent / "mlops"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([str(script), "demo", *ports], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while "Ready in" not in (tmp_path / "first.log").read_text() and time.monotonic() < deadline:
+        assert first.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)  # no clean-up: its server, watcher and deployments live on
+    first.wait()
+    second = _demo(tmp_path, "--exit-after-smoke", "--reset", *ports)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "left by an earlier demo run" in second.stdout and "reset: removed" in second.stdout
+    _nothing_left(tmp_path / ".mlops", ports)
+
+
+def test_demo_names_the_process_holding_its_port(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = _demo(tmp_path, "--exit-after-smoke", "--mlflow-port", str(port), timeout=60)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[-1]] and lines[0].startswith(f"Error: port {port} is in use by pid ")
+    assert "--mlflow-port" in lines[0] and "Traceback" not in result.stderr
