@@ -93,10 +93,7 @@ def get_alias(model: str | None, alias: str) -> AliasTarget:
     model = resolve_model_name(model)
     alias = require_name(alias, "alias")
     with registry() as client:
-        aliases = alias_map(get_model(client, model))
-        if alias not in aliases:
-            raise NotFoundError(_no_alias_message(model, alias, aliases))
-        mv = client.get_model_version(model, str(aliases[alias]))
+        mv = client.get_model_version(model, str(_aliased_version(client, model, alias)))
     return AliasTarget(model, alias, int(mv.version), mv.run_id or None, mv.source or "")
 
 
@@ -115,11 +112,9 @@ def delete_alias(model: str | None, alias: str, *, reason: str | None = None) ->
     model = resolve_model_name(model)
     alias = require_name(alias, "alias")
     with registry() as client:
-        aliases = alias_map(get_model(client, model))
-        if alias not in aliases:
-            raise NotFoundError(_no_alias_message(model, alias, aliases))
+        version = _aliased_version(client, model, alias)
         client.delete_registered_model_alias(model, alias)
-        change = AliasChange(model, alias, aliases[alias], None, "delete")
+        change = AliasChange(model, alias, version, None, "delete")
         _record(client, change, reason)
     return change
 
@@ -233,9 +228,13 @@ def _record(client: MlflowClient, change: AliasChange, reason: str | None) -> No
     client.set_registered_model_tag(change.model, _history_key(change.alias), payload)
 
 
-def _no_alias_message(model: str, alias: str, aliases: dict[str, int]) -> str:
-    known = ", ".join(sorted(aliases)) or "none"
-    return f"model '{model}' has no alias '{alias}' (aliases: {known})"
+def _aliased_version(client: MlflowClient, model: str, alias: str) -> int:
+    """The version ``model@alias`` points at, or NotFoundError listing the aliases there are."""
+    aliases = alias_map(get_model(client, model))
+    if alias not in aliases:
+        known = ", ".join(sorted(aliases)) or "none"
+        raise NotFoundError(f"model '{model}' has no alias '{alias}' (aliases: {known})")
+    return aliases[alias]
 
 
 def _v(version: int | None) -> str:
