@@ -1,19 +1,31 @@
-"""Shared pieces for benchmarks (and the tests that check request counts).
+"""Shared pieces for benchmarks and the tests that drive real processes.
 
 ``CountingProxy`` sits in front of a tracking server on loopback and counts every HTTP
-request that passes, so "how many requests did this cost" is measured on the wire rather
-than guessed from client code.
+request that passes, so "how many requests did this cost" is measured on the wire.
+``Watcher`` runs a real ``mlops autoserve``; ``LoadClient`` sends requests back to back
+and records every outcome with its time and the version that answered.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from mlops_toolkit.local_server import free_port
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
@@ -112,3 +124,251 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+IRIS_SPLIT = {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}; last value: {last!r}")
+
+
+def http_json(method: str, url: str, body: Any = None, headers: dict | None = None, raw: bytes | None = None):
+    """(status, headers, parsed JSON or text) without raising on 4xx/5xx."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Content-Type": "application/json"} if data is not None and raw is None else {}), **(headers or {})
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, hdrs, payload = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        status, hdrs, payload = exc.code, dict(exc.headers), exc.read()
+    try:
+        return status, hdrs, json.loads(payload)
+    except ValueError:
+        return status, hdrs, payload.decode(errors="replace")
+
+
+class Watcher:
+    """``mlops autoserve`` as a child process with its own gateway port, port range and state."""
+
+    def __init__(self, tracking_uri: str, state_dir: Path, models: list[str], *extra: str,
+                 poll_interval: float = 0.5, secret: str | None = None, port: int | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.state_dir = state_dir
+        self.port = port or free_port()
+        base = 20000 + (os.getpid() * 7 + self.port) % 9000
+        self.args = [
+            "autoserve", "--tracking-uri", tracking_uri, "--models", ",".join(models),
+            "--poll-interval", str(poll_interval), "--port", str(self.port),
+            "--port-range", f"{base}-{base + 40}", "--state-dir", str(state_dir), "--ready-timeout", "90",
+            *(["--webhook-secret", secret] if secret else []), *extra,
+        ]
+        self.log_path = state_dir.parent / f"watcher-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Watcher:
+        script = Path(sys.executable).parent / "mlops"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([str(script), *self.args], stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        wait_for(lambda: self._up(), 30, what=f"gateway on {self.url} (log {self.log_path})")
+        return self
+
+    def _up(self) -> bool:
+        assert self.process.poll() is None, f"watcher exited: {self.log_tail()}"
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def endpoints(self) -> dict[str, dict]:
+        _, _, data = http_json("GET", self.url + "/endpoints")
+        return {e["alias"]: e for e in data}
+
+    def endpoint_ready(self, alias: str, version: int) -> dict | None:
+        endpoint = self.endpoints().get(alias)
+        ok = endpoint and endpoint["state"] == "ready" and endpoint["version"] == version
+        return endpoint if ok else None
+
+    def invoke(self, model: str, alias: str, payload: Any = IRIS_SPLIT):
+        return http_json("POST", f"{self.url}/serve/{urllib.parse.quote(model)}/{alias}/invocations", payload)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def records(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted((self.state_dir / "deployments").glob("*.json"))]
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class LoadClient:
+    """Sends requests on one keep-alive connection and records every outcome.
+
+    Closed loop by default (next request as soon as the last answered); with ``rate`` it
+    paces requests at that many per second. ``events`` keeps (monotonic time, status or
+    error name, X-Model-Version) for every request.
+    """
+
+    def __init__(self, port: int, path: str, payload: Any = IRIS_SPLIT, rate: float | None = None) -> None:
+        self.port, self.path, self.rate = port, path, rate
+        self.body = json.dumps(payload).encode()
+        self.codes: Counter[str] = Counter()
+        self.versions: Counter[str] = Counter()
+        self.events: list[tuple[float, str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            if self.rate:
+                next_at += 1.0 / self.rate
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            try:
+                conn.request("POST", self.path, body=self.body, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                outcome, version = str(response.status), response.getheader("X-Model-Version", "?")
+            except (OSError, http.client.HTTPException) as exc:
+                outcome, version = type(exc).__name__, "?"
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.codes[outcome] += 1
+            self.versions[version] += 1
+            self.events.append((time.monotonic(), outcome, version))
+
+    @property
+    def failed(self) -> int:
+        return sum(n for code, n in self.codes.items() if code != "200")
+
+    @property
+    def sent(self) -> int:
+        return sum(self.codes.values())
+
+    def first_answer(self, version: int, since: float) -> float | None:
+        """Monotonic time of the first 200 from ``version`` at or after ``since``."""
+        wanted = str(version)
+        return next((t for t, code, v in self.events if t >= since and code == "200" and v == wanted), None)
+
+    def failures_between(self, start: float, end: float) -> int:
+        return sum(1 for t, code, _ in self.events if start <= t <= end and code != "200")
+
+    def __enter__(self) -> LoadClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+WEBHOOK_SERVER_ENV = {  # FACTS: what an MLflow server needs to deliver webhooks to loopback
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+}
+
+
+class ServingStack:
+    """A local MLflow server (SQLite) with one iris model logged as N real versions."""
+
+    def __init__(self, root: Path, versions: int = 3, model: str = "bench-iris", webhooks: bool = False) -> None:
+        self.root, self.model, self.n_versions, self.webhooks = root, model, versions, webhooks
+        self.server = None
+        self.versions: list[int] = []
+
+    def __enter__(self) -> ServingStack:
+        import mlops_toolkit as mt
+        from mlops_toolkit.local_server import LocalMlflowServer
+        from mlops_toolkit.training import load_iris_split
+
+        env = dict(WEBHOOK_SERVER_ENV) if self.webhooks else {}
+        if self.webhooks:
+            from cryptography.fernet import Fernet
+
+            env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+        self.server = LocalMlflowServer(f"sqlite:///{self.root / 'mlflow.db'}", self.root / "artifacts",
+                                        extra_env=env).start()
+        mt.configure(tracking_uri=self.server.uri, experiment="bench")
+        X_train, X_val, y_train, _ = load_iris_split()
+        from sklearn.linear_model import LogisticRegression
+
+        for i in range(self.n_versions):
+            with mt.start_run(f"v{i + 1}") as run:
+                model = LogisticRegression(C=0.5 + i, max_iter=500).fit(X_train, y_train)
+                self.versions.append(run.log_model(model, register_as=self.model, input_example=X_val.head(3)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> tuple[list[float], int]:
+    """``concurrency`` clients sending back to back for ``seconds``: (latencies s, errors)."""
+    import asyncio
+
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors

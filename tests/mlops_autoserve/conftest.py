@@ -31,7 +31,7 @@ def served_model(tracking_uri, iris_data) -> ServedModel:
         with mt.start_run(f"C={c}", params={"C": c}) as run:
             model = LogisticRegression(C=c, max_iter=300).fit(X, y)
             good.append(run.log_model(model, register_as=name, input_example=X[:3]))
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     run = client.create_run(client.get_experiment_by_name("autoserve-tests").experiment_id)
     broken = client.create_model_version(name, source=f"{run.info.artifact_uri}/missing-model", run_id=run.info.run_id)
     return ServedModel(name, good, int(broken.version))

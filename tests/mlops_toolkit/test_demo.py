@@ -46,7 +46,8 @@ def _cmdline(proc: Path) -> str:
 def _aliases(state: Path) -> dict[str, int]:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{state / 'mlflow.db'}")
+    db = f"sqlite:///{state / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=db, registry_uri=db)  # not the global registry URI of other tests
     return {alias: int(v) for alias, v in client.get_registered_model("iris").aliases.items()}
 
 

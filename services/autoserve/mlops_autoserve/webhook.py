@@ -45,7 +45,7 @@ def register(tracking_uri: str, url: str, secret: str | None) -> str:
     """Create or update the autoserve webhook on the tracking server; returns its id."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     existing = [w for w in client.list_webhooks() if w.name == WEBHOOK_NAME]
     if existing:
         webhook = client.update_webhook(
