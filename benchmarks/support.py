@@ -49,14 +49,23 @@ class CountingProxy:
                 body = _read_body(self)
                 with proxy._lock:
                     proxy.counts[(self.command, self.path.split("?")[0])] += 1
-                upstream = getattr(self, "_upstream", None) or http.client.HTTPConnection(
-                    upstream_host, upstream_port, timeout=120
-                )
-                self._upstream = upstream
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                payload = response.read()
+                for attempt in (1, 2):
+                    upstream = getattr(self, "_upstream", None)
+                    reused = upstream is not None
+                    if upstream is None:
+                        upstream = self._upstream = http.client.HTTPConnection(upstream_host, upstream_port, timeout=120)
+                    try:
+                        upstream.request(self.command, self.path, body=body, headers=headers)
+                        response = upstream.getresponse()
+                        payload = response.read()
+                        break
+                    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                        # the server closed an idle keep-alive connection: reconnect once
+                        upstream.close()
+                        self._upstream = None
+                        if attempt == 2 or not reused:
+                            raise
                 self.send_response(response.status, response.reason)
                 for key, value in response.getheaders():
                     if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":

@@ -37,6 +37,8 @@ class Gateway:
         self.reconciler = reconciler
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
+        self._counters: dict[tuple[str, str, str, str], object] = {}  # label children, cached off the hot path
+        self._timers: dict[tuple[str, str], object] = {}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
@@ -89,10 +91,19 @@ class Gateway:
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
         response = await self._send(route, method, path, body, headers)
         if path == "/invocations":
-            version = response.headers.get("X-Model-Version", "")
-            self.metrics.requests_total.labels(route.model, route.alias, version, str(response.status)).inc()
-            self.metrics.request_duration.labels(route.model, route.alias).observe(time.perf_counter() - started)
+            self._observe(route, response, time.perf_counter() - started)
         return response
+
+    def _observe(self, route: Route, response: web.Response, seconds: float) -> None:
+        labels = (route.model, route.alias, response.headers.get("X-Model-Version", ""), str(response.status))
+        counter = self._counters.get(labels)
+        if counter is None:
+            counter = self._counters[labels] = self.metrics.requests_total.labels(*labels)
+        counter.inc()
+        timer = self._timers.get(labels[:2])
+        if timer is None:
+            timer = self._timers[labels[:2]] = self.metrics.request_duration.labels(*labels[:2])
+        timer.observe(seconds)
 
     async def _send(self, route: Route, method: str, path: str, body: bytes | None, headers: dict) -> web.Response:
         """Forward to the routed deployment; if it vanished mid-switch, retry once on the new route."""

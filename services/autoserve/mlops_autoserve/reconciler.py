@@ -33,6 +33,7 @@ from mlops_autoserve.settings import AutoserveSettings
 log = logging.getLogger("autoserve.reconciler")
 
 ERROR_TAG = "mlops.autoserve.error"
+REGISTRY_BACKOFF_MAX = 10.0  # seconds between registry reads while it is down: a failed read costs one request
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,9 @@ class Reconciler:
             desired = self.reader.read()
         except Exception as exc:
             self._registry_failures += 1
-            delay = min(self.settings.poll_interval * 2 ** (self._registry_failures - 1), self.settings.backoff_max)
+            # One request per failed read: back off, but not so far that recovery waits minutes.
+            cap = max(self.settings.poll_interval, REGISTRY_BACKOFF_MAX)
+            delay = min(self.settings.poll_interval * 2 ** (self._registry_failures - 1), cap)
             self._next_registry_read = now + delay
             log.warning(
                 "registry unreachable; serving continues unchanged",
