@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-dev
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,airflow]"
 	touch $(STAMP)
 
 ## demo: local MLflow server, training, promotion, serving and a first prediction (Ctrl-C stops all)

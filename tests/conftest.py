@@ -79,6 +79,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlf
         drop()
 
 
+@pytest.fixture(scope="module")
+def app_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh application database per test module: PostgreSQL when it answers (required
+    under CI), else SQLite."""
+    url, drop = _postgres_database()
+    yield url or f"sqlite:///{tmp_path_factory.mktemp('appdb') / 'app.db'}"
+    drop()
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(mlflow_server: LocalMlflowServer) -> str:
     return mlflow_server.uri
@@ -160,6 +169,33 @@ def mlops_script():
         )
 
     return run
+
+
+@pytest.fixture
+def pushgateway(tmp_path) -> Iterator[str]:
+    """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on a loopback port."""
+    import shutil
+    import subprocess
+    import urllib.request
+
+    from mlops_toolkit.local_server import free_port
+
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    need(binary is not None, "prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)")
+    port = free_port()
+    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/-/ready", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(10)
 
 
 def repo_root() -> Path:

@@ -1,0 +1,113 @@
+"""Every DAG imports cleanly and runs end to end in-process against the real app-db
+(PostgreSQL) and the real MLflow server of the test session."""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.request
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+import mlops_toolkit as mt
+from mlops_toolkit import appdb
+
+pytestmark = pytest.mark.slow
+DAG_IDS = {"dag_data_load", "dag_training", "dag_batch_inference", "dag_model_monitoring"}
+DAY = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    """One registered model for the whole DAG sequence (load, train, score, monitor)."""
+    import uuid
+
+    return f"dag-iris-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def env(monkeypatch, app_db_url, tracking_uri, model):
+    monkeypatch.setenv("APP_DB_URL", app_db_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("MLOPS_MODEL_NAME", model)
+    mt.configure(tracking_uri=tracking_uri)
+    engine = create_engine(app_db_url)
+    appdb.migrate(engine)
+    return engine
+
+
+def _run(dagbag, dag_id: str, day: dt.datetime = DAY):
+    dag = dagbag.get_dag(dag_id)
+    return dag.test(logical_date=day)
+
+
+def _rows(engine, table, **where) -> int:
+    query = select(func.count()).select_from(table)
+    for column, value in where.items():
+        query = query.where(table.c[column] == value)
+    with engine.connect() as connection:
+        return connection.execute(query).scalar()
+
+
+def test_every_dag_file_imports_cleanly(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == DAG_IDS
+
+
+def test_data_load_is_idempotent_per_date(dagbag, env):
+    for day in (DAY - dt.timedelta(days=2), DAY - dt.timedelta(days=1), DAY, DAY):
+        assert _run(dagbag, "dag_data_load", day).state == "success"
+    assert _rows(env, appdb.input_rows, batch_date=DAY.date()) == 30
+    assert _rows(env, appdb.input_rows) == 90
+
+
+def test_batch_inference_waits_for_production_and_fails_clearly(dagbag, env, monkeypatch):
+    import dags.dag_batch_inference as module
+
+    monkeypatch.setattr(module, "WAIT_TIMEOUT", 1)
+    from airflow.dag_processing.dagbag import DagBag
+
+    fresh = DagBag(dag_folder=module.__file__)
+    run = fresh.get_dag("dag_batch_inference")
+    for task in run.tasks:
+        if task.task_id == "wait_for_production":
+            task.timeout = 1
+            task.poke_interval = 0.2
+            task.mode = "poke"
+    dag_run = run.test(logical_date=DAY)
+    assert dag_run.state == "failed"
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert states == {"wait_for_production": "failed", "score": "upstream_failed"}  # the wait timed out
+    assert _rows(env, appdb.predictions) == 0
+
+
+def test_training_moves_production_only_through_the_gate(dagbag, env, model, mlflow_client):
+    assert _run(dagbag, "dag_training").state == "success"
+    production = mt.get_alias(model, "Production")
+    challenger = mt.get_alias(model, "challenger")
+    assert production.version != challenger.version
+    assert mlflow_client.get_run(production.run_id).data.tags["mlops.gate.role"] == "champion"
+    assert mt.alias_history(model, "Production")[-1].reason.startswith("promote_best:")
+    # Same data again: the newcomers tie the champion, so Production stays where it is.
+    assert _run(dagbag, "dag_training", DAY + dt.timedelta(days=7)).state == "success"
+    assert mt.get_alias(model, "Production").version == production.version
+    assert mt.get_alias(model, "challenger").version > challenger.version
+
+
+def test_batch_inference_scores_and_a_rerun_never_duplicates(dagbag, env, model):
+    assert _run(dagbag, "dag_batch_inference").state == "success"
+    assert _run(dagbag, "dag_batch_inference").state == "success"
+    assert _rows(env, appdb.predictions, batch_date=DAY.date(), model_name=model) == 30
+    with env.connect() as connection:
+        versions = set(connection.execute(select(appdb.predictions.c.model_version)).scalars())
+    assert versions == {mt.get_alias(model, "Production").version}
+
+
+def test_monitoring_logs_drift_and_pushes_metrics(dagbag, env, model, pushgateway, monkeypatch, mlflow_client):
+    monkeypatch.setenv("PUSHGATEWAY_URL", pushgateway)
+    assert _run(dagbag, "dag_model_monitoring").state == "success"
+    text = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
+    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}"}}' in text
+    assert f'batch_predictions_rows{{instance="",job="model_monitoring",model="{model}"}} 30' in text
+    experiment = mlflow_client.get_experiment_by_name("model-monitoring")
+    assert mlflow_client.search_runs([experiment.experiment_id], f"tags.`mlops.model` = '{model}'")
