@@ -183,8 +183,10 @@ def pushgateway(tmp_path) -> Iterator[str]:
     binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
     need(binary is not None, "prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)")
     port = free_port()
-    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    # In memory only: Debian's default persistence file is shared by every instance, so a
+    # new one would start with whatever earlier runs pushed.
+    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

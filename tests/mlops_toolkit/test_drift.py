@@ -43,12 +43,15 @@ def test_empty_current_data_is_a_clear_error():
         drift.detect_drift(_frame(1), pd.DataFrame())
 
 
-def test_push_to_a_real_pushgateway(pushgateway):
-    report = drift.detect_drift(_frame(1), _frame(2, shift=1.0))
-    drift.push_to_gateway(report, "iris", pushgateway, prediction_rows=30)
+def test_push_to_a_real_pushgateway(pushgateway, unique_name):
+    model = unique_name("drift")
     text = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
-    assert 'model_drift_detected{instance="",job="model_monitoring",model="iris"} 1' in text
-    assert 'batch_predictions_rows{instance="",job="model_monitoring",model="iris"} 30' in text
+    assert "model_drift_detected{" not in text  # a fresh gateway: what follows was pushed now
+    report = drift.detect_drift(_frame(1), _frame(2, shift=1.0))
+    drift.push_to_gateway(report, model, pushgateway, prediction_rows=30)
+    text = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
+    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}"}} 1' in text
+    assert f'batch_predictions_rows{{instance="",job="model_monitoring",model="{model}"}} 30' in text
     ks_line = next(line for line in text.splitlines() if line.startswith("model_drift_ks_statistic") and 'feature="a"' in line)
     assert float(ks_line.rsplit(" ", 1)[1]) == pytest.approx(report.features[0].statistic)
     assert "model_drift_p_value{" in text
