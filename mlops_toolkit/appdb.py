@@ -93,5 +93,14 @@ def replace_for_date(engine: Engine, table: Table, batch_date: dt.date, rows: It
     return len(rows)
 
 
+def count_rows(engine: Engine, table: Table, **where: object) -> int:
+    """Rows of ``table`` whose columns equal the given values."""
+    query = select(func.count()).select_from(table)
+    for column, value in where.items():
+        query = query.where(table.c[column] == value)
+    with engine.connect() as connection:
+        return connection.execute(query).scalar()
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)

@@ -12,11 +12,11 @@ import logging
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from mlops_toolkit.aliases import get_alias
-from mlops_toolkit.appdb import input_rows, migrate, predictions, replace_for_date
+from mlops_toolkit.appdb import count_rows, input_rows, migrate, predictions, replace_for_date
 from mlops_toolkit.config import registry
 from mlops_toolkit.errors import NotFoundError, ValidationError
 from mlops_toolkit.training import GateResult, champion_challenger, train_candidates
@@ -166,11 +166,7 @@ def monitor(engine: Engine, logical_date: dt.date, model: str, window_days: int 
     features = current.drop(columns=["label", "batch_date", "row_index"])
     report = drift.detect_drift(reference, features, **({"alpha": alpha} if alpha is not None else {}))
     drift.log_to_mlflow(report, model)
-    with engine.connect() as connection:
-        scored = connection.execute(
-            select(func.count()).select_from(predictions).where(predictions.c.batch_date == logical_date,
-                                                                predictions.c.model_name == model)
-        ).scalar()
+    scored = count_rows(engine, predictions, batch_date=logical_date, model_name=model)
     if pushgateway:
         drift.push_to_gateway(report, model, pushgateway, prediction_rows=scored)
     log.info("drift checked", extra={"model": model, "drift_detected": report.drift_detected,

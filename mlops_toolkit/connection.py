@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from mlops_toolkit.errors import MlopsError, NotFoundError, TrackingUnavailableError, ValidationError
+from mlops_toolkit.errors import MlopsError, NotFoundError, TrackingUnavailableError, ValidationError, one_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -108,7 +108,7 @@ def translated_errors(uri: str) -> Iterator[None]:
         raise
     except (RestException, MlflowException) as exc:
         code = getattr(exc, "error_code", "")
-        message = _first_line(getattr(exc, "message", None) or str(exc))
+        message = one_line(getattr(exc, "message", None) or str(exc)) or "unknown MLflow error"
         if code and message.startswith(f"{code}: "):
             message = message[len(code) + 2 :]
         if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "ENDPOINT_NOT_FOUND"):
@@ -124,8 +124,3 @@ def translated_errors(uri: str) -> Iterator[None]:
     except OSError as exc:
         forget_probe(uri)
         raise TrackingUnavailableError(f"lost the MLflow tracking server at {uri}: {exc}") from None
-
-
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "unknown MLflow error"
-    return line if len(line) <= 300 else line[:297] + "..."

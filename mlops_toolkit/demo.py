@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import mlops_toolkit as mt
 from mlops_toolkit.errors import MlopsError, ValidationError
-from mlops_toolkit.local_server import LocalMlflowServer, pid_running, port_is_open, who_listens
+from mlops_toolkit.local_server import LocalMlflowServer, pid_running, port_is_open, signal_group, who_listens
 from mlops_toolkit.training import METRIC, champion_challenger, load_iris_split, train_candidates
 
 ALIASES = ("Production", "challenger")
@@ -283,10 +282,8 @@ def _cmdline_mentions(pid: int, text: str) -> bool:
 
 
 def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        return
+    """Signal a leftover process group and wait (up to 30 s) for its leader to go."""
+    signal_group(pid, sig)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and pid_running(pid):
         time.sleep(0.1)

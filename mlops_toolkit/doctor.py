@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlops_toolkit.config import registry, settings
 from mlops_toolkit.connection import PROBE_TIMEOUT_S, probe_tracking_server
+from mlops_toolkit.errors import one_line
 
 DOCTOR_EXPERIMENT = "mlops-doctor"
 
@@ -50,7 +51,7 @@ def _check(name: str, fn: Callable[[], str], required: bool = True) -> CheckResu
         detail = fn()
         ok = True
     except Exception as exc:  # a check reports, it never raises
-        detail, ok = _one_line(exc), False
+        detail, ok = one_line(exc, 200), False
     elapsed_ms = (time.perf_counter() - started) * 1000
     return CheckResult(name, ok, f"{detail} ({elapsed_ms:.0f} ms)", required)
 
@@ -117,9 +118,4 @@ def _docker_host() -> str:
 def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__
-    return _one_line(exc) if str(exc) else type(exc).__name__
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    return one_line(exc, 200)

@@ -29,3 +29,10 @@ class TrackingUnavailableError(MlopsError, ConnectionError):
     """The tracking server cannot be reached or is not an MLflow server."""
 
     exit_code = 1
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error, bounded: what logs, tables and tags show."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else (type(error).__name__ if isinstance(error, BaseException) else "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."

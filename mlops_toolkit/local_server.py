@@ -117,11 +117,11 @@ class LocalMlflowServer:
         """Stop the server and every worker it forked (its own process group)."""
         if self.process is None or self.process.poll() is not None:
             return
-        _signal_group(self.process, signal.SIGTERM)
+        signal_group(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(self.process, signal.SIGKILL)
+            signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -146,8 +146,9 @@ class LocalMlflowServer:
         self.stop()
 
 
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
+def signal_group(pid: int, sig: int) -> None:
+    """Signal the process group led by ``pid`` (a child started with start_new_session)."""
     try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass

@@ -7,7 +7,7 @@ import datetime as dt
 import urllib.request
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, select
 
 import mlops_toolkit as mt
 from mlops_toolkit import appdb
@@ -41,14 +41,6 @@ def _run(dagbag, dag_id: str, day: dt.datetime = DAY):
     return dag.test(logical_date=day)
 
 
-def _rows(engine, table, **where) -> int:
-    query = select(func.count()).select_from(table)
-    for column, value in where.items():
-        query = query.where(table.c[column] == value)
-    with engine.connect() as connection:
-        return connection.execute(query).scalar()
-
-
 def test_every_dag_file_imports_cleanly(dagbag):
     assert dagbag.import_errors == {}
     assert set(dagbag.dag_ids) == DAG_IDS
@@ -57,8 +49,8 @@ def test_every_dag_file_imports_cleanly(dagbag):
 def test_data_load_is_idempotent_per_date(dagbag, env):
     for day in (DAY - dt.timedelta(days=2), DAY - dt.timedelta(days=1), DAY, DAY):
         assert _run(dagbag, "dag_data_load", day).state == "success"
-    assert _rows(env, appdb.input_rows, batch_date=DAY.date()) == 30
-    assert _rows(env, appdb.input_rows) == 90
+    assert appdb.count_rows(env, appdb.input_rows, batch_date=DAY.date()) == 30
+    assert appdb.count_rows(env, appdb.input_rows) == 90
 
 
 def test_batch_inference_waits_for_production_and_fails_clearly(dagbag, env, monkeypatch):
@@ -78,7 +70,7 @@ def test_batch_inference_waits_for_production_and_fails_clearly(dagbag, env, mon
     assert dag_run.state == "failed"
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
     assert states == {"wait_for_production": "failed", "score": "upstream_failed"}  # the wait timed out
-    assert _rows(env, appdb.predictions) == 0
+    assert appdb.count_rows(env, appdb.predictions) == 0
 
 
 def test_training_moves_production_only_through_the_gate(dagbag, env, model, mlflow_client):
@@ -97,7 +89,7 @@ def test_training_moves_production_only_through_the_gate(dagbag, env, model, mlf
 def test_batch_inference_scores_and_a_rerun_never_duplicates(dagbag, env, model):
     assert _run(dagbag, "dag_batch_inference").state == "success"
     assert _run(dagbag, "dag_batch_inference").state == "success"
-    assert _rows(env, appdb.predictions, batch_date=DAY.date(), model_name=model) == 30
+    assert appdb.count_rows(env, appdb.predictions, batch_date=DAY.date(), model_name=model) == 30
     with env.connect() as connection:
         versions = set(connection.execute(select(appdb.predictions.c.model_version)).scalars())
     assert versions == {mt.get_alias(model, "Production").version}

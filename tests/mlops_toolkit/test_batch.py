@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, select
 
 import mlops_toolkit as mt
 from mlops_toolkit import appdb, batch
@@ -20,14 +20,6 @@ def engine(app_db_url):
     engine.dispose()
 
 
-def _count(engine, table, **where) -> int:
-    query = select(func.count()).select_from(table)
-    for column, value in where.items():
-        query = query.where(table.c[column] == value)
-    with engine.connect() as connection:
-        return connection.execute(query).scalar()
-
-
 def test_migrate_is_idempotent_and_versioned(engine):
     assert appdb.migrate(engine) == len(appdb.MIGRATIONS)
     assert appdb.migrate(engine) == len(appdb.MIGRATIONS)
@@ -39,7 +31,7 @@ def test_migrate_is_idempotent_and_versioned(engine):
 def test_load_batch_is_idempotent_per_date(engine):
     assert batch.load_batch(engine, DAY) == batch.ROWS_PER_BATCH
     assert batch.load_batch(engine, DAY) == batch.ROWS_PER_BATCH
-    assert _count(engine, appdb.input_rows, batch_date=DAY) == batch.ROWS_PER_BATCH
+    assert appdb.count_rows(engine, appdb.input_rows, batch_date=DAY) == batch.ROWS_PER_BATCH
     frame = batch.read_batch(engine, DAY)
     assert list(frame.columns[:4]) == ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
     assert set(frame["label"]) <= {0, 1, 2}
@@ -69,7 +61,7 @@ def test_train_score_and_monitor_round_trip(engine, tracking_uri, unique_name, m
     first = batch.score_batch(engine, DAY, model)
     again = batch.score_batch(engine, DAY, model)  # a re-run of the same date replaces, never duplicates
     assert first.rows == again.rows == batch.ROWS_PER_BATCH and first.version == gate.decision.candidate_version
-    assert _count(engine, appdb.predictions, batch_date=DAY, model_name=model) == batch.ROWS_PER_BATCH
+    assert appdb.count_rows(engine, appdb.predictions, batch_date=DAY, model_name=model) == batch.ROWS_PER_BATCH
     with engine.connect() as connection:
         row = connection.execute(select(appdb.predictions).where(appdb.predictions.c.model_name == model)).first()
     assert (row.alias, row.model_version, row.run_id) == ("Production", first.version, champion_run)

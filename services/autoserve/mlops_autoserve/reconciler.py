@@ -29,6 +29,7 @@ from mlops_autoserve.desired import RegistryReader, RouteKey
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_toolkit.errors import one_line
 
 log = logging.getLogger("autoserve.reconciler")
 
@@ -157,7 +158,7 @@ class Reconciler:
             self._next_registry_read = now + delay
             log.warning(
                 "registry unreachable; serving continues unchanged",
-                extra={"error": _one_line(exc), "retry_in_s": round(delay, 1)},
+                extra={"error": one_line(exc), "retry_in_s": round(delay, 1)},
             )
             return False
         if self._registry_failures:
@@ -294,7 +295,7 @@ class Reconciler:
             if future.done():
                 del self._stopping_keys[key]
                 if future.exception() is not None:
-                    log.error("stop failed", extra={**_fields(key), "error": _one_line(future.exception())})
+                    log.error("stop failed", extra={**_fields(key), "error": one_line(future.exception())})
         for key, future in list(self._pending.items()):
             if not future.done():
                 continue
@@ -309,7 +310,7 @@ class Reconciler:
                     self._tag_version(key, None)
             else:
                 self.metrics.deploy_total.labels(key.model, aliases, "failed").inc()
-                failure = self._note_failure(key, _one_line(error))
+                failure = self._note_failure(key, one_line(error, 500))
                 log.error(
                     "deploy failed; the previous version keeps serving",
                     extra={**_fields(key), "aliases": aliases, "error": failure.error,
@@ -339,7 +340,7 @@ class Reconciler:
                 client.set_model_version_tag(key.model, str(key.version), ERROR_TAG, f"{stamp} {error}"[:5000])
             return True
         except Exception as exc:  # the registry may be down: the failure is in logs and metrics anyway
-            log.warning("could not tag model version", extra={**_fields(key), "error": _one_line(exc)})
+            log.warning("could not tag model version", extra={**_fields(key), "error": one_line(exc)})
             return False
 
     def _publish_endpoint_metrics(self, routes: dict[RouteKey, Route]) -> None:
@@ -352,8 +353,3 @@ class Reconciler:
 
 def _fields(key: DeploymentKey) -> dict:
     return {"model": key.model, "version": key.version}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:500]

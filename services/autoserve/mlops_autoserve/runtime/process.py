@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_toolkit.local_server import pid_running, port_is_open
+from mlops_toolkit.local_server import pid_running, port_is_open, signal_group
 
 PING_TIMEOUT = 1.0
 STOP_TIMEOUT = 10.0
@@ -122,9 +122,9 @@ class ProcessRuntime:
     def stop(self, deployment: Deployment) -> None:
         pid = int(deployment.ident)
         if self._alive(deployment):
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
             if not self._wait_exit(pid, STOP_TIMEOUT):
-                _signal_group(pid, signal.SIGKILL)
+                signal_group(pid, signal.SIGKILL)
                 self._wait_exit(pid, 5)
         self._clean_up(deployment)
 
@@ -154,7 +154,7 @@ class ProcessRuntime:
         if not pid_running(pid):
             # uvicorn left behind by a killed parent. Safe: Linux never reuses a pid that is
             # still some process group's id, so this group can only hold our orphans.
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
         with self._lock:
             self._children.pop(pid, None)
         shutil.rmtree(deployment.details.get("tmp_dir", ""), ignore_errors=True)
@@ -198,8 +198,3 @@ def _proc_matches(pid: int, deployment: Deployment) -> bool:
     key = deployment.key
     wanted = [f"models:/{key.model}/{key.version}".encode(), str(deployment.details.get("port")).encode()]
     return all(w in argv for w in wanted)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
