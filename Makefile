@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 ## bench: the benchmarks (prints tables, writes benchmarks/results/*.json)
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.bench_logging
+
+## images: serving image for --runtime docker (add ARGS=--local-base where no registry is reachable)
+images:
+	bash services/autoserve/docker/build-images.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache benchmarks/results

@@ -24,7 +24,14 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> froze
 @click.option("--models", callback=_csv, metavar="M,N", help="Only these registered models (default: all).")
 @click.option("--poll-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between registry reads.")
 @click.option("--strategy", type=click.Choice(["blue-green", "recreate"]), default="blue-green", show_default=True)
-@click.option("--runtime", type=click.Choice(["process"]), default="process", show_default=True)
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default="process", show_default=True,
+              help="Local processes, or Docker containers of --docker-image.")
+@click.option("--docker-image", default="mlops-toolkit/serving:latest", show_default=True, metavar="IMAGE")
+@click.option("--docker-network", default="host", show_default=True, metavar="NAME",
+              help="'host', or a network where the gateway reaches containers by name.")
+@click.option("--docker-publish", is_flag=True, help="Also publish each container's port on 127.0.0.1.")
+@click.option("--container-tracking-uri", metavar="URI", help="Tracking URI as containers see it (default: --tracking-uri).")
+@click.option("--instance", metavar="NAME", help="Owner label for containers (default: derived from --state-dir).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Gateway address.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Gateway port.")
 @port_range_option("18100-18999")
@@ -37,8 +44,9 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> froze
 @click.option("--webhook-url", metavar="URL", help="URL the tracking server calls (default: this gateway's /webhooks/mlflow).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".mlops/autoserve"), show_default=True)
 @click.option("--leave-running", is_flag=True, help="On exit keep deployments running for the next watcher to adopt.")
-def autoserve(aliases, models, poll_interval, strategy, runtime, host, port, port_range, workers, env_manager,
-              ready_timeout, no_smoke_test, webhook_secret, register_webhook, webhook_url, state_dir, leave_running) -> None:
+def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
+              container_tracking_uri, instance, host, port, port_range, workers, env_manager, ready_timeout,
+              no_smoke_test, webhook_secret, register_webhook, webhook_url, state_dir, leave_running) -> None:
     """Serve every registry alias with `mlflow models serve` and follow alias moves."""
     from mlops_autoserve import service, webhook
     from mlops_autoserve.settings import AutoserveSettings
@@ -51,6 +59,8 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, host, port, por
         strategy=strategy, runtime=runtime, gateway_host=host, gateway_port=port, port_range=port_range,
         workers=workers, env_manager=env_manager, ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
+        docker_image=docker_image, docker_network=docker_network, docker_publish=docker_publish,
+        container_tracking_uri=container_tracking_uri, instance=instance,
     )
     if register_webhook:
         url = webhook_url or f"http://{host}:{port}/webhooks/mlflow"

@@ -25,10 +25,10 @@ class Deployer:
         self.runtime = runtime
         self.stopping = stopping
 
-    def deploy(self, key: DeploymentKey) -> Deployment:
+    def deploy(self, key: DeploymentKey, aliases: tuple[str, ...] = ()) -> Deployment:
         """Start ``key``, wait for GET /ping 200, smoke-test /invocations; stop it on failure."""
         try:
-            deployment = self.runtime.start(key)
+            deployment = self.runtime.start(key, aliases)
         except Exception as exc:
             raise DeployError(f"{key}: could not start: {exc}") from exc
         try:

@@ -285,7 +285,7 @@ class Reconciler:
     def _submit_deploy(self, key: DeploymentKey, desired: dict[RouteKey, int]) -> None:
         aliases = sorted(a for (m, a), v in desired.items() if m == key.model and v == key.version)
         log.info("deploying", extra={**_fields(key), "aliases": aliases})
-        future = self._executor.submit(self._deployer.deploy, key)
+        future = self._executor.submit(self._deployer.deploy, key, tuple(aliases))
         future.aliases = ",".join(aliases)  # type: ignore[attr-defined]
         future.add_done_callback(lambda _: self.wake(read_registry=False))
         self._pending[key] = future

@@ -30,6 +30,11 @@ class AutoserveSettings:
     webhook_max_age: float = 300.0
     state_dir: Path = field(default_factory=lambda: Path(".mlops") / "autoserve")
     leave_running: bool = False  # on exit, keep deployments for the next watcher to adopt
+    instance: str | None = None  # owner label of Docker containers (default: from state_dir)
+    docker_image: str = "mlops-toolkit/serving:latest"
+    docker_network: str = "host"  # or a compose network, reached as http://<container>:8080
+    docker_publish: bool = False  # also publish each container's port on 127.0.0.1
+    container_tracking_uri: str | None = None  # tracking URI as seen from inside containers
 
     def wants(self, model: str, alias: str) -> bool:
         return (not self.aliases or alias in self.aliases) and (not self.models or model in self.models)

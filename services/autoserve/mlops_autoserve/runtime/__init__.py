@@ -14,4 +14,8 @@ def create_runtime(settings) -> Runtime:
         from mlops_autoserve.runtime.process import ProcessRuntime
 
         return ProcessRuntime(settings)
-    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process)")
+    if settings.runtime == "docker":
+        from mlops_autoserve.runtime.docker import DockerRuntime
+
+        return DockerRuntime(settings)
+    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process, docker)")

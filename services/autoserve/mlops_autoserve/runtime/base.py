@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Protocol
+
+PING_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True, order=True)
@@ -37,11 +42,28 @@ class Runtime(Protocol):
     def list(self) -> list[Deployment]:
         """Every deployment this runtime runs for autoserve, alive or starting."""
 
-    def start(self, key: DeploymentKey) -> Deployment:
-        """Start serving ``key``; return at once (readiness is polled with ``health``)."""
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = ()) -> Deployment:
+        """Start serving ``key`` (for ``aliases``, as a label); return at once: readiness is
+        polled with ``health``."""
 
     def health(self, deployment: Deployment) -> Health:
         """READY when GET /ping answers 200, DEAD when it can never answer again."""
 
     def stop(self, deployment: Deployment) -> None:
         """Stop it and remove what it left behind; idempotent."""
+
+
+def slug(key: DeploymentKey) -> str:
+    """A file- and container-safe name for any model name (spaces, dots, unicode)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", key.model).strip("-.")[:40] or "model"
+    digest = hashlib.sha1(key.model.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}-v{key.version}"
+
+
+def ping(url: str, timeout: float = PING_TIMEOUT) -> bool:
+    """GET /ping (HEAD answers 405 on mlflow models serve)."""
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as response:  # noqa: S310
+            return response.status == 200
+    except OSError:
+        return False

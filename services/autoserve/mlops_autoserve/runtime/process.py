@@ -9,41 +9,21 @@ because ``mlflow models serve`` downloads the model to a temp dir it never remov
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health
+from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, ping, slug
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.local_server import pid_running, port_is_open, signal_group
 
-PING_TIMEOUT = 1.0
 STOP_TIMEOUT = 10.0
-
-
-def slug(key: DeploymentKey) -> str:
-    """A file- and container-safe name for any model name (spaces, dots, unicode)."""
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", key.model).strip("-.")[:40] or "model"
-    digest = hashlib.sha1(key.model.encode()).hexdigest()[:8]
-    return f"{readable}-{digest}-v{key.version}"
-
-
-def ping(url: str, timeout: float = PING_TIMEOUT) -> bool:
-    """GET /ping (HEAD answers 405 on mlflow models serve)."""
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as response:  # noqa: S310
-            return response.status == 200
-    except OSError:
-        return False
 
 
 class ProcessRuntime:
@@ -73,7 +53,7 @@ class ProcessRuntime:
                 self._clean_up(deployment)
         return deployments
 
-    def start(self, key: DeploymentKey) -> Deployment:
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = ()) -> Deployment:
         name = slug(key)
         with self._lock:
             port = self._free_port()
@@ -103,7 +83,7 @@ class ProcessRuntime:
         record = {
             "model": key.model, "version": key.version, "pid": process.pid, "port": port,
             "url": f"http://{host}:{port}", "tmp_dir": str(tmp_dir), "log": str(log_path),
-            "started_at": time.time(),
+            "started_at": time.time(), "aliases": list(aliases),
         }
         path = self.records / f"{name}.json"
         partial = path.with_suffix(".partial")

@@ -1,0 +1,147 @@
+"""Deployments as Docker containers of a serving image (the default inside the compose stack).
+
+Containers are found by label only (``mlops.autoserve=true`` plus this watcher's instance
+label), never by name patterns. They start with ``init=True`` (PID 1 forwards SIGTERM: stop
+takes 0.2 s, not 10) and restart policy ``unless-stopped`` (they survive a daemon restart).
+
+Networking: ``host`` (the container serves on a loopback port from the range: what tests
+and a host-run watcher use), or a named network where the gateway reaches the container as
+``http://<name>:8080``, optionally also published on 127.0.0.1 for direct access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, ping, slug
+from mlops_autoserve.settings import AutoserveSettings
+from mlops_toolkit.local_server import port_is_open
+
+LABEL = "mlops.autoserve"
+CONTAINER_PORT = 8080
+STOP_TIMEOUT = 10
+
+
+def instance_id(settings: AutoserveSettings) -> str:
+    """Which watcher owns a container: configured, or derived from the state directory."""
+    if settings.instance:
+        return settings.instance
+    return hashlib.sha1(str(settings.state_dir.resolve()).encode()).hexdigest()[:10]
+
+
+class DockerRuntime:
+    def __init__(self, settings: AutoserveSettings) -> None:
+        import docker
+
+        self.settings = settings
+        self.docker = docker
+        self.client = docker.from_env(timeout=30)
+        self.instance = instance_id(settings)
+        self._lock = threading.Lock()
+        self._reserved_ports: set[int] = set()
+
+    @property
+    def host_network(self) -> bool:
+        return self.settings.docker_network == "host"
+
+    # -- Runtime -------------------------------------------------------------------------
+    def list(self) -> list[Deployment]:
+        containers = self.client.containers.list(
+            all=True, filters={"label": [f"{LABEL}=true", f"{LABEL}.instance={self.instance}"]}
+        )
+        return [self._deployment(c) for c in containers]
+
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = ()) -> Deployment:
+        name = f"mlops-serve-{self.instance}-{slug(key)}"
+        self._remove_stale(name)
+        with self._lock:
+            port = self._free_port() if (self.host_network or self.settings.docker_publish) else 0
+            self._reserved_ports.add(port)
+        try:
+            serve_host, serve_port = ("127.0.0.1", port) if self.host_network else ("0.0.0.0", CONTAINER_PORT)  # noqa: S104 - inside the container's own network namespace
+            options = {"network_mode": "host"} if self.host_network else {"network": self.settings.docker_network}
+            if self.settings.docker_publish and not self.host_network:
+                options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", port)}
+            container = self.client.containers.run(
+                self.settings.docker_image,
+                ["mlflow", "models", "serve", "-m", f"models:/{key.model}/{key.version}",
+                 "--env-manager", self.settings.env_manager, "-h", serve_host, "-p", str(serve_port),
+                 "-w", str(self.settings.workers)],
+                name=name,
+                detach=True,
+                init=True,
+                restart_policy={"Name": "unless-stopped"},
+                environment={"MLFLOW_TRACKING_URI": self.settings.container_tracking_uri or self.settings.tracking_uri},
+                labels={
+                    LABEL: "true", f"{LABEL}.instance": self.instance, "mlops.model": key.model,
+                    "mlops.version": str(key.version), "mlops.aliases": ",".join(aliases), "mlops.port": str(port),
+                    "mlops.started_at": f"{time.time():.3f}",
+                },
+                **options,
+            )
+        finally:
+            with self._lock:
+                self._reserved_ports.discard(port)
+        return self._deployment(container)
+
+    def health(self, deployment: Deployment) -> Health:
+        try:
+            container = self.client.containers.get(deployment.ident)
+        except self.docker.errors.NotFound:
+            return Health.DEAD
+        state = container.attrs.get("State", {})
+        if state.get("Status") in ("exited", "dead", "removing") or container.attrs.get("RestartCount", 0) > 0:
+            return Health.DEAD  # a restart means it crashed: replace it rather than wait
+        if state.get("Status") != "running":
+            return Health.STARTING
+        return Health.READY if ping(deployment.url) else Health.STARTING
+
+    def stop(self, deployment: Deployment) -> None:
+        try:
+            container = self.client.containers.get(deployment.ident)
+        except self.docker.errors.NotFound:
+            return
+        try:
+            container.stop(timeout=STOP_TIMEOUT)
+        except self.docker.errors.APIError:
+            pass
+        try:
+            container.remove(force=True)
+        except self.docker.errors.NotFound:
+            pass
+
+    # -- helpers -------------------------------------------------------------------------
+    def _deployment(self, container) -> Deployment:
+        labels = container.labels
+        port = int(labels.get("mlops.port") or 0)
+        if self.host_network or (self.settings.docker_publish and port):
+            url = f"http://127.0.0.1:{port}"
+        else:
+            url = f"http://{container.name}:{CONTAINER_PORT}"
+        return Deployment(
+            key=DeploymentKey(labels["mlops.model"], int(labels["mlops.version"])),
+            url=url,
+            ident=container.id,
+            started_at=float(labels.get("mlops.started_at") or 0),
+            details={"name": container.name, "port": port, "aliases": labels.get("mlops.aliases", "")},
+        )
+
+    def _remove_stale(self, name: str) -> None:
+        """A dead container of ours may still hold the name; anything else is left alone."""
+        try:
+            existing = self.client.containers.get(name)
+        except self.docker.errors.NotFound:
+            return
+        if existing.labels.get(f"{LABEL}.instance") != self.instance:
+            raise RuntimeError(f"a container named {name} exists and is not managed by this watcher")
+        existing.remove(force=True)
+
+    def _free_port(self) -> int:
+        used = {int(d.details["port"]) for d in self.list() if d.details.get("port")} | self._reserved_ports
+        low, high = self.settings.port_range
+        for port in range(low, high + 1):
+            if port not in used and not port_is_open("127.0.0.1", port):
+                return port
+        raise RuntimeError(f"no free port in {low}-{high}")

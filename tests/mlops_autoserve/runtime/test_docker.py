@@ -1,0 +1,113 @@
+"""The Docker runtime against a real Docker engine (CI installs docker.io and starts dockerd).
+
+Containers use host networking and serve on loopback ports: tests talk only to 127.0.0.1.
+The serving image is built by .ci/run from a locally built Debian base (no registry here).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+import mlops_toolkit as mt
+from tests.conftest import need
+from tests.mlops_autoserve.support import LoadClient, Watcher, wait_for
+
+pytestmark = pytest.mark.slow
+IMAGE = os.environ.get("MLOPS_TEST_SERVING_IMAGE", "mlops-toolkit/serving:latest")
+DEPLOY_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
+        need(False, f"no Docker engine answers: {exc}")
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        need(False, f"serving image {IMAGE} is missing (build: see .ci/run)")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def watcher(docker_client, tracking_uri, served_model, tmp_path_factory):
+    state = tmp_path_factory.mktemp("autoserve-docker") / "state"
+    w = Watcher(tracking_uri, state, [served_model.name], "--runtime", "docker", "--docker-image", IMAGE,
+                "--aliases", "Production,dockerprod,dockercanary").start()
+    yield w
+    assert w.stop() == 0
+    leftovers = docker_client.containers.list(all=True, filters={"label": "mlops.autoserve=true"})
+    assert [c.name for c in leftovers if state.name in str(c.labels)] == []
+
+
+def _containers(client, model: str) -> dict[int, object]:
+    found = client.containers.list(filters={"label": ["mlops.autoserve=true", f"mlops.model={model}"]})
+    return {int(c.labels["mlops.version"]): c for c in found}
+
+
+def test_first_deploy_runs_a_labelled_container(watcher, served_model, docker_client):
+    model, v1 = served_model.name, served_model.good[0]
+    mt.set_alias(model, "dockerprod", v1)
+    wait_for(lambda: watcher.endpoint_ready("dockerprod", v1), DEPLOY_TIMEOUT, what="container ready")
+    status, headers, body = watcher.invoke(model, "dockerprod")
+    assert status == 200 and headers["X-Model-Version"] == str(v1) and body == {"predictions": [0, 2]}
+    container = _containers(docker_client, model)[v1]
+    assert container.labels["mlops.aliases"] == "dockerprod"
+    assert container.attrs["HostConfig"]["Init"] is True
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert container.name.startswith("mlops-serve-") and " " not in container.name  # model name has a space
+
+
+def test_alias_move_through_the_gateway_loses_no_request(watcher, served_model, docker_client):
+    model, v2 = served_model.name, served_model.good[1]
+    path = f"/serve/{model.replace(' ', '%20')}/dockerprod/invocations"
+    with LoadClient(watcher.port, path) as client:
+        wait_for(lambda: client.sent > 20, 10)
+        mt.set_alias(model, "dockerprod", v2)
+        wait_for(lambda: client.versions.get(str(v2), 0) > 20, DEPLOY_TIMEOUT, what="v2 answering")
+    assert client.failed == 0, client.codes
+    wait_for(lambda: set(_containers(docker_client, model)) == {v2}, 30, what="old container removed")
+
+
+def test_broken_version_is_contained(watcher, served_model):
+    model, v2, broken = served_model.name, served_model.good[1], served_model.broken
+    mt.set_alias(model, "dockerprod", broken)
+    wait_for(lambda: watcher.endpoints()["dockerprod"]["state"] == "failed", DEPLOY_TIMEOUT, what="failed")
+    status, headers, _ = watcher.invoke(model, "dockerprod")
+    assert status == 200 and headers["X-Model-Version"] == str(v2)
+    mt.set_alias(model, "dockerprod", v2)
+    wait_for(lambda: watcher.endpoint_ready("dockerprod", v2), 15)
+
+
+def test_restarted_watcher_adopts_the_same_containers(watcher, served_model, docker_client):
+    before = {v: c.id for v, c in _containers(docker_client, served_model.name).items()}
+    watcher.stop(signal.SIGKILL)
+    watcher.start()
+    wait_for(lambda: watcher.endpoint_ready("dockerprod", served_model.good[1]), 20, what="adopted")
+    assert {v: c.id for v, c in _containers(docker_client, served_model.name).items()} == before
+
+
+def test_container_killed_from_outside_is_replaced(watcher, served_model, docker_client):
+    model, v2 = served_model.name, served_model.good[1]
+    old = _containers(docker_client, model)[v2]
+    old.kill()
+    wait_for(lambda: watcher.endpoint_ready("dockerprod", v2) and v2 in _containers(docker_client, model)
+             and _containers(docker_client, model)[v2].id != old.id, DEPLOY_TIMEOUT, what="replacement")
+    assert watcher.invoke(model, "dockerprod")[0] == 200
+
+
+def test_alias_delete_removes_the_container(watcher, served_model, docker_client):
+    model, v3 = served_model.name, served_model.good[2]
+    mt.set_alias(model, "dockercanary", v3)
+    wait_for(lambda: watcher.endpoint_ready("dockercanary", v3), DEPLOY_TIMEOUT)
+    mt.delete_alias(model, "dockercanary")
+    wait_for(lambda: v3 not in _containers(docker_client, model), 30, what="container removed")
+    assert watcher.invoke(model, "dockercanary")[0] == 404
