@@ -87,6 +87,21 @@ def test_broken_version_is_contained(watcher, served_model):
     wait_for(lambda: watcher.endpoint_ready("dockerprod", v2), 15)
 
 
+def test_missing_image_is_contained(docker_client, tracking_uri, served_model, tmp_path):
+    model, v1 = served_model.name, served_model.good[0]
+    other = Watcher(tracking_uri, tmp_path / "state", [model], "--runtime", "docker", "--aliases", "dockermissing",
+                    "--docker-image", "mlops-toolkit/no-such-image:0").start()
+    try:
+        mt.set_alias(model, "dockermissing", v1)
+        endpoint = wait_for(lambda: (e := other.endpoints().get("dockermissing")) and e["state"] == "failed" and e,
+                            30, what="failed state")
+        assert "could not start" in endpoint["last_error"] and "no-such-image" in endpoint["last_error"]
+        assert other.invoke(model, "dockermissing")[0] == 503
+    finally:
+        assert other.stop() == 0
+        mt.delete_alias(model, "dockermissing")
+
+
 def test_restarted_watcher_adopts_the_same_containers(watcher, served_model, docker_client):
     before = {v: c.id for v, c in _containers(docker_client, served_model.name).items()}
     watcher.stop(signal.SIGKILL)

@@ -12,6 +12,7 @@ and a host-run watcher use), or a named network where the gateway reaches the co
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -20,6 +21,9 @@ from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.local_server import port_is_open
 
 LABEL = "mlops.autoserve"
+# Passed on when set: models whose artifacts live in S3/MinIO without the server's proxy.
+ARTIFACT_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                "MLFLOW_S3_IGNORE_TLS")
 CONTAINER_PORT = 8080
 STOP_TIMEOUT = 10
 
@@ -73,7 +77,10 @@ class DockerRuntime:
                 detach=True,
                 init=True,
                 restart_policy={"Name": "unless-stopped"},
-                environment={"MLFLOW_TRACKING_URI": self.settings.container_tracking_uri or self.settings.tracking_uri},
+                environment={
+                    "MLFLOW_TRACKING_URI": self.settings.container_tracking_uri or self.settings.tracking_uri,
+                    **{name: os.environ[name] for name in ARTIFACT_ENV if os.environ.get(name)},
+                },
                 labels={
                     LABEL: "true", f"{LABEL}.instance": self.instance, "mlops.model": key.model,
                     "mlops.version": str(key.version), "mlops.aliases": ",".join(aliases), "mlops.port": str(port),
