@@ -40,7 +40,8 @@ def row(name: str, client: LoadClient, since: float, note: str = "") -> dict:
 
 def restart_docker_daemon() -> None:
     """Stop and start the Docker engine; return once it answers again."""
-    if shutil.which("systemctl") and subprocess.run(["systemctl", "is-active", "--quiet", "docker"]).returncode == 0:
+    if shutil.which("systemctl") and subprocess.run(["systemctl", "is-active", "--quiet", "docker"],
+                                                    capture_output=True).returncode == 0:
         subprocess.run(["systemctl", "restart", "docker"], check=True)
     else:
         pid = int(subprocess.run(["pgrep", "-o", "-x", "dockerd"], capture_output=True, text=True, check=True).stdout)

@@ -303,6 +303,19 @@ class LoadClient:
         self._thread.join(10)
 
 
+def move_alias_under_load(watcher: Watcher, model: str, alias: str, version: int, timeout: float) -> LoadClient:
+    """Move ``model@alias`` to ``version`` while a client calls the gateway back to back;
+    returns the client once the new version has answered 20 times."""
+    import mlops_toolkit as mt
+
+    path = f"/serve/{urllib.parse.quote(model)}/{alias}/invocations"
+    with LoadClient(watcher.port, path) as client:
+        wait_for(lambda: client.sent > 20, 10, what="load running")
+        mt.set_alias(model, alias, version)
+        wait_for(lambda: client.versions.get(str(version), 0) > 20, timeout, what=f"v{version} answering")
+    return client
+
+
 WEBHOOK_SERVER_ENV = {  # FACTS: what an MLflow server needs to deliver webhooks to loopback
     "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
     "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",

@@ -14,7 +14,9 @@ import time
 import pytest
 
 import mlops_toolkit as mt
-from tests.mlops_autoserve.support import IRIS_COLUMNS, LoadClient, Watcher, http_json, pid_alive, wait_for
+from tests.mlops_autoserve.support import (
+    IRIS_COLUMNS, LoadClient, Watcher, http_json, move_alias_under_load, pid_alive, wait_for,
+)
 
 pytestmark = pytest.mark.slow
 SECRET = "test-webhook-secret"
@@ -66,11 +68,7 @@ def test_challenger_version_promoted_is_a_route_flip_within_a_second(watcher, se
 
 def test_alias_move_under_load_loses_no_request(watcher, served_model):
     model, v3 = served_model.name, served_model.good[2]
-    path = f"/serve/{model.replace(' ', '%20')}/Production/invocations"
-    with LoadClient(watcher.port, path) as client:
-        wait_for(lambda: client.sent > 20, 10)
-        mt.set_alias(model, "Production", v3)
-        wait_for(lambda: client.versions.get(str(v3), 0) > 20, DEPLOY_TIMEOUT, what="v3 answering")
+    client = move_alias_under_load(watcher, model, "Production", v3, DEPLOY_TIMEOUT)
     assert client.failed == 0, client.codes
     assert client.versions[str(served_model.good[1])] > 20 and client.versions[str(v3)] > 20
     assert 'autoserve_switch_duration_seconds_count' in watcher.metrics_text()

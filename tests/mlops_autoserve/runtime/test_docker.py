@@ -13,7 +13,7 @@ import pytest
 
 import mlops_toolkit as mt
 from tests.conftest import need
-from tests.mlops_autoserve.support import LoadClient, Watcher, wait_for
+from tests.mlops_autoserve.support import Watcher, move_alias_under_load, wait_for
 
 pytestmark = pytest.mark.slow
 IMAGE = os.environ.get("MLOPS_TEST_SERVING_IMAGE", "mlops-toolkit/serving:latest")
@@ -68,11 +68,7 @@ def test_first_deploy_runs_a_labelled_container(watcher, served_model, docker_cl
 
 def test_alias_move_through_the_gateway_loses_no_request(watcher, served_model, docker_client):
     model, v2 = served_model.name, served_model.good[1]
-    path = f"/serve/{model.replace(' ', '%20')}/dockerprod/invocations"
-    with LoadClient(watcher.port, path) as client:
-        wait_for(lambda: client.sent > 20, 10)
-        mt.set_alias(model, "dockerprod", v2)
-        wait_for(lambda: client.versions.get(str(v2), 0) > 20, DEPLOY_TIMEOUT, what="v2 answering")
+    client = move_alias_under_load(watcher, model, "dockerprod", v2, DEPLOY_TIMEOUT)
     assert client.failed == 0, client.codes
     wait_for(lambda: set(_containers(docker_client, model)) == {v2}, 30, what="old container removed")
 
