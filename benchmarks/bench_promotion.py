@@ -25,10 +25,14 @@ SECRET = "bench-webhook-secret"
 CONFIGS = [("blue-green", "poll"), ("blue-green", "webhook"), ("recreate", "poll"), ("recreate", "webhook")]
 
 
-def run_config(stack: ServingStack, root: Path, strategy: str, trigger: str, webhook_port: int, switches: int) -> dict:
+def run_config(stack: ServingStack, root: Path, strategy: str, trigger: str, webhook_port: int, switches: int,
+               docker_image: str | None = None) -> dict:
     mt.set_alias(stack.model, "Production", stack.versions[0])
     extra = ["--strategy", strategy]
-    watcher = Watcher(stack.server.uri, root / f"{strategy}-{trigger}", [stack.model], *extra,
+    if docker_image:
+        extra += ["--runtime", "docker", "--docker-image", docker_image]
+    runtime = "docker" if docker_image else "process"
+    watcher = Watcher(stack.server.uri, root / f"{strategy}-{trigger}-{runtime}", [stack.model], *extra,
                       poll_interval=10.0, secret=SECRET if trigger == "webhook" else None,
                       port=webhook_port if trigger == "webhook" else None).start()
     latencies, lost_closed, lost_rate = [], [], []
@@ -51,7 +55,7 @@ def run_config(stack: ServingStack, root: Path, strategy: str, trigger: str, web
     finally:
         watcher.stop()
     return {
-        "strategy": strategy, "trigger": trigger, "switches": switches, "seconds": latencies,
+        "runtime": runtime, "strategy": strategy, "trigger": trigger, "switches": switches, "seconds": latencies,
         "p50_s": statistics.median(latencies), "p95_s": percentile(latencies, 95),
         "failed_closed_loop": sum(lost_closed), "failed_fixed_rate": sum(lost_rate), "requests_sent": sent,
         "failed_per_switch": [c + r for c, r in zip(lost_closed, lost_rate)],
@@ -61,16 +65,23 @@ def run_config(stack: ServingStack, root: Path, strategy: str, trigger: str, web
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--switches", type=int, default=3)
+    parser.add_argument("--docker-image", help="Also run blue-green on the Docker runtime with this serving image.")
+    parser.add_argument("--only-docker", action="store_true", help="Skip the process-runtime configurations.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=3, webhooks=True) as stack:
         webhook_port = free_port()
         # Registered before any alias event: MLflow caches the webhook list for 60 s per worker.
         webhook.register(stack.server.uri, f"http://127.0.0.1:{webhook_port}/webhooks/mlflow", SECRET)
-        results = [run_config(stack, Path(tmp), s, t, webhook_port, args.switches) for s, t in CONFIGS]
+        results = [] if args.only_docker else [
+            run_config(stack, Path(tmp), s, t, webhook_port, args.switches) for s, t in CONFIGS
+        ]
+        if args.docker_image:
+            results += [run_config(stack, Path(tmp), "blue-green", t, webhook_port, args.switches, args.docker_image)
+                        for t in ("poll", "webhook")]
     print(f"\nAlias moved {args.switches} times per configuration under load (closed loop + 20 req/s)")
     print_table(
-        ["strategy", "trigger", "alias->serving p50 s", "p95 s", "failed (closed)", "failed (20/s)", "sent"],
-        [[r["strategy"], r["trigger"], f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}", r["failed_closed_loop"],
+        ["runtime", "strategy", "trigger", "alias->serving p50 s", "p95 s", "failed (closed)", "failed (20/s)", "sent"],
+        [[r["runtime"], r["strategy"], r["trigger"], f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}", r["failed_closed_loop"],
           r["failed_fixed_rate"], r["requests_sent"]] for r in results],
     )
     print(f"written {write_json('bench_promotion', {'switches': args.switches, 'results': results})}")
