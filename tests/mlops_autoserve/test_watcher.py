@@ -7,6 +7,7 @@ start, so sharing keeps the module around two minutes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -26,7 +27,9 @@ DEPLOY_TIMEOUT = 90
 @pytest.fixture(scope="module")
 def watcher(tracking_uri, served_model, tmp_path_factory):
     state = tmp_path_factory.mktemp("autoserve") / "state"
-    w = Watcher(tracking_uri, state, [served_model.name], secret=SECRET).start()
+    targets = state.parent / "targets" / "serving.json"
+    w = Watcher(tracking_uri, state, [served_model.name], "--targets-file", str(targets), secret=SECRET).start()
+    w.targets_file = targets
     yield w
     w.stop()
 
@@ -45,6 +48,22 @@ def test_first_alias_is_served_through_the_gateway_and_directly(watcher, served_
     direct = http_json("POST", endpoint["url"] + "/invocations", {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}})
     assert direct[0] == 200 and direct[2] == {"predictions": [0]}
     assert http_json("GET", f"{watcher.url}/serve/{model.replace(' ', '%20')}/Production/ping")[0] == 200
+
+
+def _probe_targets(watcher: Watcher) -> dict[str, dict]:
+    """The Prometheus file_sd groups the watcher wrote, by alias."""
+    return {g["labels"]["alias"]: g for g in json.loads(watcher.targets_file.read_text())}
+
+
+def test_serving_endpoints_are_written_for_prometheus_file_sd(watcher, served_model):
+    endpoint = watcher.endpoints()["Production"]
+    groups = wait_for(lambda: _probe_targets(watcher).get("Production") and _probe_targets(watcher), 5,
+                      what="Production in the targets file")
+    assert groups["Production"] == {
+        "targets": [endpoint["url"] + "/ping"],
+        "labels": {"model": served_model.name, "alias": "Production", "version": str(served_model.good[0])},
+    }
+    assert http_json("GET", groups["Production"]["targets"][0])[0] == 200  # what the blackbox probe will GET
 
 
 def test_challenger_version_promoted_is_a_route_flip_within_a_second(watcher, served_model):
@@ -139,6 +158,7 @@ def test_alias_delete_removes_route_then_process(watcher, served_model):
     status, _, body = watcher.invoke(model, "canary")
     assert status == 404 and body["error"] == f"no endpoint for {model}@canary"
     wait_for(lambda: not pid_alive(v3_pid), 20, what="canary's process stopped")
+    assert "canary" not in _probe_targets(watcher)
 
 
 def test_not_ready_endpoint_answers_503_json(watcher, served_model):
@@ -272,3 +292,4 @@ def test_clean_shutdown_leaves_nothing_behind(watcher):
 
     assert not any(port_is_open("127.0.0.1", r["port"]) for r in records)
     assert not port_is_open("127.0.0.1", watcher.port)
+    assert json.loads(watcher.targets_file.read_text()) == []  # nothing left for the blackbox to probe

@@ -43,10 +43,12 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> froze
 @click.option("--register-webhook", is_flag=True, help="Create/update the registry webhook on the tracking server first.")
 @click.option("--webhook-url", metavar="URL", help="URL the tracking server calls (default: this gateway's /webhooks/mlflow).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".mlops/autoserve"), show_default=True)
+@click.option("--targets-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write every serving endpoint's /ping as Prometheus file_sd JSON here (blackbox probes).")
 @click.option("--leave-running", is_flag=True, help="On exit keep deployments running for the next watcher to adopt.")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
               container_tracking_uri, instance, host, port, port_range, workers, env_manager, ready_timeout,
-              no_smoke_test, webhook_secret, register_webhook, webhook_url, state_dir, leave_running) -> None:
+              no_smoke_test, webhook_secret, register_webhook, webhook_url, state_dir, targets_file, leave_running) -> None:
     """Serve every registry alias with `mlflow models serve` and follow alias moves."""
     from mlops_autoserve import service, webhook
     from mlops_autoserve.settings import AutoserveSettings
@@ -60,7 +62,7 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         workers=workers, env_manager=env_manager, ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
         docker_image=docker_image, docker_network=docker_network, docker_publish=docker_publish,
-        container_tracking_uri=container_tracking_uri, instance=instance,
+        container_tracking_uri=container_tracking_uri, instance=instance, targets_file=targets_file,
     )
     if register_webhook:
         url = webhook_url or f"http://{host}:{port}/webhooks/mlflow"

@@ -29,6 +29,7 @@ from mlops_autoserve.desired import RegistryReader, RouteKey
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.targets import TargetsFile
 from mlops_toolkit.errors import one_line
 
 log = logging.getLogger("autoserve.reconciler")
@@ -91,6 +92,7 @@ class Reconciler:
         self._moved_seen: dict[RouteKey, tuple[int, float]] = {}
         self._health_cache: dict[str, tuple[Health, float]] = {}
         self._thread: threading.Thread | None = None
+        self._targets = TargetsFile(settings.targets_file) if settings.targets_file else None
         self.cycles = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -115,6 +117,8 @@ class Reconciler:
             for deployment in self.runtime.list():
                 log.info("stopping on shutdown", extra=_fields(deployment.key))
                 self.runtime.stop(deployment)
+            if self._targets is not None:
+                self._targets.write(())
         self.routes = MappingProxyType({})
 
     def _loop(self) -> None:
@@ -201,6 +205,8 @@ class Reconciler:
         self.routes = MappingProxyType(new_routes)
         self._retire_unrouted(new_routes, observed, desired, now)
         self._publish_endpoint_metrics(new_routes)
+        if self._targets is not None:
+            self._targets.write(new_routes.values())
 
     def _route_to(self, route_key: RouteKey, deployment: Deployment, current: Route | None) -> Route:
         model, alias = route_key

@@ -35,6 +35,7 @@ class AutoserveSettings:
     docker_network: str = "host"  # or a compose network, reached as http://<container>:8080
     docker_publish: bool = False  # also publish each container's port on 127.0.0.1
     container_tracking_uri: str | None = None  # tracking URI as seen from inside containers
+    targets_file: Path | None = None  # Prometheus file_sd JSON of every serving endpoint's /ping
 
     def wants(self, model: str, alias: str) -> bool:
         return (not self.aliases or alias in self.aliases) and (not self.models or model in self.models)
