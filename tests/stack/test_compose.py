@@ -1,0 +1,167 @@
+"""docker-compose.yml, checked by the real docker-compose (Debian's 1.29.2) with env.dev.example.
+
+The stack pulls public images (postgres, minio, prometheus, grafana, loki...) that this
+machine cannot reach, so it is validated rather than started here; the project's own
+images are built and run for real in test_images.py, the monitoring files in
+tests/monitoring, and the init job's script below against the real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+
+import pytest
+import yaml
+
+from tests.conftest import PG_DSN, need, repo_root
+
+ROOT = repo_root()
+STACK = {
+    "postgres", "postgres-init", "minio", "minio-init", "mlflow", "airflow-init", "airflow-apiserver",
+    "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "mlflow-autoserve", "serving-image",
+    "prometheus", "pushgateway", "blackbox-exporter", "grafana", "loki", "promtail", "demo-bootstrap",
+}
+ONE_SHOT = {"postgres-init", "minio-init", "airflow-init", "serving-image", "demo-bootstrap"}
+# Keys whose values hold a secret (a *_FILE key holds a path, not the secret itself).
+SECRET_NAME = re.compile(r"(PASSWORD|SECRET|_KEY|SQL_ALCHEMY_CONN|APP_DB_URL)(?!.*_FILE$)")
+
+
+def compose(*args: str, env_file: str = "env.dev.example") -> subprocess.CompletedProcess:
+    binary = shutil.which("docker-compose")
+    need(binary is not None, "docker-compose is not installed (apt-get install docker-compose)")
+    clean_env = {k: v for k, v in os.environ.items() if k.isupper() and not k.startswith(("POSTGRES_", "MINIO_", "AIRFLOW_"))}
+    return subprocess.run([binary, "--env-file", env_file, "-f", "docker-compose.yml", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=clean_env)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    result = compose("config")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_file_is_valid_with_the_example_env(config):
+    assert compose("config", "-q").returncode == 0
+    assert set(config["services"]) == STACK
+
+
+def test_start_order_waits_on_health_checks_and_init_jobs(config):
+    services = config["services"]
+
+    def waits(service: str) -> dict[str, str]:
+        return {name: dep["condition"] for name, dep in services[service].get("depends_on", {}).items()}
+
+    assert waits("postgres-init") == {"postgres": "service_healthy"}
+    assert waits("minio-init") == {"minio": "service_healthy"}
+    assert waits("mlflow") == {"postgres-init": "service_completed_successfully",
+                               "minio-init": "service_completed_successfully"}
+    assert waits("airflow-init") == {"postgres-init": "service_completed_successfully"}
+    for component in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        assert waits(component)["airflow-init"] == "service_completed_successfully"
+    assert waits("mlflow-autoserve") == {"mlflow": "service_healthy", "serving-image": "service_completed_successfully"}
+    assert set(waits("demo-bootstrap").values()) == {"service_healthy"}
+    assert {"mlflow-autoserve", "airflow-apiserver", "airflow-scheduler"} <= set(waits("demo-bootstrap"))
+    # Everything a dependant waits on as healthy has a health check.
+    for name, service in services.items():
+        for dep, condition in waits(name).items():
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy: it has no healthcheck"
+    # One-shot jobs never restart; long-running services always come back.
+    for name, service in services.items():
+        expected = "no" if name in ONE_SHOT else "unless-stopped"
+        assert service.get("restart", "no") == expected, name
+
+
+def test_every_host_port_binds_loopback_unless_configured(config):
+    published = {name: s["ports"] for name, s in config["services"].items() if s.get("ports")}
+    assert {"mlflow", "mlflow-autoserve", "airflow-apiserver", "grafana", "prometheus"} <= set(published)
+    for name, ports in published.items():
+        for port in ports:
+            text = port if isinstance(port, str) else f"{port.get('host_ip')}:{port['published']}:{port['target']}"
+            assert text.startswith("127.0.0.1:"), f"{name} publishes {text}"
+
+
+def test_every_secret_comes_from_the_env_file():
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    secrets = []
+
+    def visit(node, key=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                visit(v, str(k))
+        elif isinstance(node, list):
+            for item in node:
+                visit(item, key)
+        elif isinstance(node, str) and SECRET_NAME.search(key):
+            secrets.append((key, node))
+
+    visit(raw)
+    assert len(secrets) >= 10, secrets
+    for key, value in secrets:
+        assert "${" in value, f"{key} has a literal value in docker-compose.yml"
+    # The example holds placeholders only, and .env (the real one) is never committed.
+    example = dict(line.split("=", 1) for line in (ROOT / "env.dev.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    for key, value in example.items():
+        if "PASSWORD" in key or "SECRET" in key:
+            assert value.startswith("change-me"), key
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_a_missing_secret_stops_compose_with_a_clear_message(tmp_path):
+    partial = tmp_path / "partial.env"
+    partial.write_text("\n".join(line for line in (ROOT / "env.dev.example").read_text().splitlines()
+                                 if not line.startswith("POSTGRES_PASSWORD=")))
+    result = compose("config", "-q", env_file=str(partial))
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env" in result.stderr
+
+
+def test_bind_mounts_and_dockerfiles_exist_in_the_repository(config):
+    checked = 0
+    for name, service in config["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            if source.startswith(str(ROOT)):
+                assert os.path.exists(source), f"{name} mounts missing {source}"
+                checked += 1
+        if "build" in service:
+            build = service["build"]
+            assert (ROOT / build["context"] / build.get("dockerfile", "Dockerfile")).is_file(), name
+            checked += 1
+    assert checked >= 10
+
+
+def test_autoserve_command_line_is_one_the_cli_accepts(config):
+    """The compose command must not drift from the CLI: click parses it for real."""
+    from mlops_autoserve.cli import autoserve
+
+    args = config["services"]["mlflow-autoserve"]["command"]
+    context = autoserve.make_context("autoserve", list(args))
+    assert context.params["docker_network"] == config["networks"]["default"]["name"]
+    assert str(context.params["targets_file"]).startswith("/var/lib/autoserve/targets/")
+
+
+def test_postgres_init_job_creates_the_databases_once(tmp_path):
+    """The postgres-init job's script against the real PostgreSQL: creates, then is a no-op."""
+    psycopg = pytest.importorskip("psycopg")
+    names = [f"mlops_init_{uuid.uuid4().hex[:6]}_{i}" for i in range(2)]
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres"}
+    script = str(ROOT / "services/postgres/create-databases.sh")
+    try:
+        first = subprocess.run(["bash", script, *names], env=env, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.split("\n")[:2] == [f"database {n} created" for n in names]
+        again = subprocess.run(["bash", script, *names], env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and again.stdout.split("\n")[:2] == [f"database {n} exists" for n in names]
+        bad = subprocess.run(["bash", script, "x; DROP DATABASE postgres"], env=env, capture_output=True, text=True)
+        assert bad.returncode == 2 and "invalid database name" in bad.stderr
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+            for name in names:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
