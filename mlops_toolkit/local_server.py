@@ -81,6 +81,7 @@ class LocalMlflowServer:
     workers: int = 1
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["--expose-prometheus", DIR]
     process: subprocess.Popen | None = field(default=None, init=False)
 
     @property
@@ -104,6 +105,7 @@ class LocalMlflowServer:
             "--host", self.host,
             "--port", str(self.port),
             "--workers", str(self.workers),
+            *self.extra_args,
         ]
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(

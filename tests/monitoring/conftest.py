@@ -1,0 +1,162 @@
+"""A small live stack for the monitoring tests, every part real and on loopback.
+
+An MLflow server started with ``--expose-prometheus``, an autoserve watcher serving one
+model (plus an alias on a version that cannot deploy, so failed-deploy series exist), a
+Pushgateway holding a real drift push and a blackbox exporter with our module file.
+Started once for the package: the metric-name test and the real-Prometheus test share it
+(about 30 s, most of it the first deployment).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import mlops_toolkit as mt
+from mlops_toolkit.local_server import LocalMlflowServer, free_port
+from tests.conftest import need
+from tests.mlops_autoserve.support import Watcher, wait_for
+from tests.monitoring.support import MONITORING
+
+DEPLOY_TIMEOUT = 90
+
+
+def binary(*names: str) -> str:
+    """Path of the first installed binary of ``names``: skip (fail under CI) if none is."""
+    found = next((path for path in map(shutil.which, names) if path), None)
+    need(found is not None, f"{names[0]} is not installed (Debian package: see monitoring/README.md)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return binary("promtool")
+
+
+class Daemon:
+    """A server binary on a loopback port, ready once ``ready_path`` answers 200."""
+
+    def __init__(self, command: list[str], port: int, log_path: Path, ready_path: str = "/metrics") -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self._ready(ready_path), 30, what=f"{command[0]} on {self.url} (log {log_path})")
+
+    def _ready(self, path: str) -> bool:
+        assert self.process.poll() is None, f"exited: {self.log_path.read_text()[-2000:]}"
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+@dataclass
+class LiveStack:
+    mlflow: LocalMlflowServer
+    watcher: Watcher
+    pushgateway: Daemon
+    blackbox: Daemon
+    model: str
+    good_version: int
+    broken_version: int
+    targets_dir: Path  # the watcher's Prometheus file_sd directory
+    root: Path
+
+
+def _register_model(name: str, iris_data) -> tuple[int, int]:
+    """One real sklearn version and one whose artifacts do not exist (it cannot deploy)."""
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris_data
+    with mt.start_run("monitoring-model") as run:
+        good = run.log_model(LogisticRegression(max_iter=300).fit(X, y), register_as=name, input_example=X[:3])
+    client = MlflowClient(mt.settings().tracking_uri, registry_uri=mt.settings().tracking_uri)
+    broken_run = client.create_run(client.get_experiment_by_name("monitoring-tests").experiment_id)
+    broken = client.create_model_version(name, source=f"{broken_run.info.artifact_uri}/missing-model",
+                                         run_id=broken_run.info.run_id)
+    return good, int(broken.version)
+
+
+@pytest.fixture(scope="package")
+def live_stack(tmp_path_factory, iris_data) -> Iterator[LiveStack]:
+    need(importlib.util.find_spec("prometheus_flask_exporter") is not None,
+         "prometheus-flask-exporter is not installed: `mlflow server --expose-prometheus` needs it")
+    pushgateway_bin = binary("prometheus-pushgateway", "pushgateway")
+    blackbox_bin = binary("prometheus-blackbox-exporter", "blackbox_exporter")
+    root = tmp_path_factory.mktemp("monitoring-stack")
+    started = time.monotonic()
+    stopping = []
+    try:
+        server = LocalMlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts",
+                                   extra_args=["--expose-prometheus", str(root / "mlflow-metrics")]).start()
+        stopping.append(server.stop)
+        mt.configure(tracking_uri=server.uri, experiment="monitoring-tests")
+        model = f"iris-monitoring-{uuid.uuid4().hex[:6]}"
+        good, broken = _register_model(model, iris_data)
+        mt.set_alias(model, "Production", good)
+        mt.set_alias(model, "broken", broken)
+
+        targets_dir = root / "targets"
+        watcher = Watcher(server.uri, root / "autoserve", [model], "--targets-file",
+                          str(targets_dir / "serving.json")).start()
+        stopping.append(watcher.stop)
+        # In memory only (see tests/conftest.py pushgateway).
+        port = free_port()
+        pushgateway = Daemon([pushgateway_bin, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                             port, root / "pushgateway.log")
+        stopping.append(pushgateway.stop)
+        port = free_port()
+        blackbox = Daemon([blackbox_bin, f"--config.file={MONITORING / 'blackbox' / 'blackbox.yml'}",
+                           f"--web.listen-address=127.0.0.1:{port}"], port, root / "blackbox.log")
+        stopping.append(blackbox.stop)
+
+        _push_drift(model, iris_data, pushgateway.url)
+        wait_for(lambda: watcher.endpoint_ready("Production", good), DEPLOY_TIMEOUT,
+                 what=f"Production ready (log {watcher.log_path})")
+        wait_for(lambda: 'result="failed"' in watcher.metrics_text(), DEPLOY_TIMEOUT, what="a failed deploy")
+        status, _, _ = watcher.invoke(model, "Production")  # labelled request series
+        assert status == 200
+        print(f"\nmonitoring stack ready in {time.monotonic() - started:.1f} s")
+        yield LiveStack(server, watcher, pushgateway, blackbox, model, good, broken, targets_dir, root)
+    finally:
+        for stop in reversed(stopping):
+            stop()
+        mt.configure()  # back to the environment's tracking URI, not this stopped server
+
+
+def _push_drift(model: str, iris_data, gateway: str) -> None:
+    """A real drift check (inputs shifted on one feature, so drift is detected) pushed the
+    way dag_model_monitoring pushes it."""
+    from mlops_toolkit import drift
+
+    X, _ = iris_data
+    shifted = X.assign(**{X.columns[2]: X[X.columns[2]] + 2.0})
+    report = drift.detect_drift(X, shifted)
+    assert report.drift_detected
+    drift.push_to_gateway(report, model, gateway, prediction_rows=len(shifted))
