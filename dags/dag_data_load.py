@@ -11,6 +11,7 @@ DEFAULTS = {"retries": 2, "retry_delay": timedelta(minutes=1)}
 
 
 @dag(schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
+     max_active_runs=1,  # a scheduled and a triggered run never write the same tables at once
      default_args=DEFAULTS, tags=["mlops", "batch"])
 def dag_data_load():
     @task(execution_timeout=timedelta(minutes=10))

@@ -13,6 +13,7 @@ DEFAULTS = {"retries": 1, "retry_delay": timedelta(minutes=2)}
 
 
 @dag(schedule="@weekly", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
+     max_active_runs=1,  # one champion/challenger decision at a time
      default_args=DEFAULTS, tags=["mlops", "training"])
 def dag_training():
     @task(execution_timeout=timedelta(minutes=30))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 from sqlalchemy import (
     JSON, Column, Date, DateTime, Float, Integer, MetaData, String, Table, UniqueConstraint, create_engine, delete,
-    func, insert, select,
+    func, insert, select, text,
 )
 from sqlalchemy.engine import Connection, Engine
 
@@ -58,6 +58,7 @@ def _v1(connection: Connection) -> None:
 
 # Append new steps; never edit an applied one.
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATION_LOCK_KEY = 7240581  # pg_advisory_xact_lock key: one migrating transaction at a time
 
 
 def engine_from_env(url: str | None = None) -> Engine:
@@ -69,8 +70,12 @@ def engine_from_env(url: str | None = None) -> Engine:
 
 
 def migrate(engine: Engine) -> int:
-    """Bring the schema to the newest version; returns it. Safe to call on every task start."""
+    """Bring the schema to the newest version; returns it. Safe to call on every task start,
+    also from tasks that start at the same moment: on PostgreSQL a transaction-scoped
+    advisory lock serialises them (two concurrent CREATE TABLEs collide on pg_type)."""
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         metadata.create_all(connection, tables=[schema_table])
         current = connection.execute(select(func.max(schema_table.c.version))).scalar() or 0
         for version, step in enumerate(MIGRATIONS[current:], start=current + 1):

@@ -16,14 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlops_toolkit as mt
+from mlops_toolkit import gateway_client
 from mlops_toolkit.errors import MlopsError, ValidationError
 from mlops_toolkit.local_server import LocalMlflowServer, pid_running, port_is_open, signal_group, who_listens
 from mlops_toolkit.training import METRIC, champion_challenger, load_iris_split, train_candidates
@@ -164,35 +163,21 @@ class Demo:
         return gateway
 
     def _wait_until_served(self, gateway: str) -> list[dict]:
-        deadline = time.monotonic() + self.options.ready_timeout
-        last_line = ""
-        while time.monotonic() < deadline:
-            if self.autoserve.poll() is not None:
-                raise MlopsError(f"autoserve exited with code {self.autoserve.returncode}; see {self.state / 'logs' / 'autoserve.log'}")
-            endpoints = _get_json(f"{gateway}/endpoints") or []
-            states = {e["alias"]: e for e in endpoints}
-            line = ", ".join(
-                f"{a} {'v' + str(states[a]['desired_version']) + ' ' + states[a]['state'] if a in states else 'waiting'}"
-                for a in ALIASES
-            )
-            if line != last_line:
-                self.progress(f"serving: {line}")
-                last_line = line
-            if all(a in states and states[a]["state"] == "ready" for a in ALIASES):
-                return [states[a] for a in ALIASES]
-            time.sleep(0.25)
-        raise MlopsError(f"endpoints not ready after {self.options.ready_timeout:.0f} s: {last_line}")
+        return gateway_client.wait_until_served(
+            gateway, self.options.model_name, ALIASES, self.options.ready_timeout, self.progress,
+            alive=self._autoserve_alive,
+        )
+
+    def _autoserve_alive(self) -> None:
+        if self.autoserve.poll() is not None:
+            raise MlopsError(f"autoserve exited with code {self.autoserve.returncode}; "
+                             f"see {self.state / 'logs' / 'autoserve.log'}")
 
     def _predict(self, gateway: str, alias: str) -> dict:
-        X_train, _, _, _ = load_iris_split()
-        payload = {"dataframe_split": json.loads(X_train.head(2).to_json(orient="split", index=False))}
-        url = f"{gateway}/serve/{urllib.parse.quote(self.options.model_name)}/{alias}/invocations"
-        request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
-            body = json.loads(response.read())
-            version = response.headers.get("X-Model-Version")
-        self.progress(f"prediction from {self.options.model_name}@{alias} (v{version}): {body['predictions']}")
-        return {"version": int(version), "predictions": body["predictions"], "payload": payload}
+        payload = gateway_client.iris_payload(rows=2)
+        answer = gateway_client.predict(gateway, self.options.model_name, alias, payload)
+        self.progress(f"prediction from {self.options.model_name}@{alias} (v{answer.version}): {answer.predictions}")
+        return {"version": answer.version, "predictions": answer.predictions, "payload": payload}
 
     def _summary(self, result: DemoResult) -> None:
         model = self.options.model_name
@@ -264,14 +249,6 @@ class Demo:
             if str(self.state) not in holder or time.monotonic() > deadline:
                 raise ValidationError(f"port {port} is in use by {holder}; stop it or choose another with {option}")
             time.sleep(0.2)
-
-
-def _get_json(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback)
-            return json.loads(response.read())
-    except (OSError, ValueError):
-        return None
 
 
 def _cmdline_mentions(pid: int, text: str) -> bool:

@@ -16,6 +16,7 @@ import click
 
 from mlops_toolkit import __version__
 from mlops_toolkit.cli.alias import alias
+from mlops_toolkit.cli.bootstrap import bootstrap
 from mlops_toolkit.cli.common import tracking_uri_option
 from mlops_toolkit.cli.demo import demo
 from mlops_toolkit.cli.doctor import doctor
@@ -67,6 +68,7 @@ main.add_command(models)
 main.add_command(promote)
 main.add_command(doctor)
 main.add_command(demo)
+main.add_command(bootstrap)
 
 try:  # the serving watcher ships in the same distribution, from services/autoserve/
     from mlops_autoserve.cli import autoserve, serve

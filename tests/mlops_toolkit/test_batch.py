@@ -28,6 +28,29 @@ def test_migrate_is_idempotent_and_versioned(engine):
     assert versions == list(range(1, len(appdb.MIGRATIONS) + 1))
 
 
+def test_concurrent_first_migrations_do_not_collide():
+    """Airflow starts a scheduled and a triggered run together on a fresh app-db: both
+    migrate at once. On PostgreSQL that used to fail (pg_type unique violation)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import _postgres_database
+
+    url, drop = _postgres_database()
+    if url is None:
+        pytest.skip("needs PostgreSQL (SQLite serialises writers itself)")
+    fresh = create_engine(url, pool_size=4)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: appdb.migrate(fresh), range(4)))
+        assert results == [len(appdb.MIGRATIONS)] * 4
+        with fresh.connect() as connection:
+            versions = connection.execute(select(appdb.schema_table.c.version)).scalars().all()
+        assert versions == list(range(1, len(appdb.MIGRATIONS) + 1))
+    finally:
+        fresh.dispose()
+        drop()
+
+
 def test_load_batch_is_idempotent_per_date(engine):
     assert batch.load_batch(engine, DAY) == batch.ROWS_PER_BATCH
     assert batch.load_batch(engine, DAY) == batch.ROWS_PER_BATCH

@@ -1,0 +1,244 @@
+"""A tiny client for Airflow 3's REST API (``/api/v2``): just what a one-shot job needs.
+
+Login is ``POST /auth/token`` with a username and password (Airflow 3's simple auth
+manager and the FAB one both answer it with a JWT); every other call sends that token
+as a bearer. Plain urllib, so the toolkit gains no dependency and no Airflow install is
+needed on the calling side. Every failure is one :class:`AirflowError` line naming the
+URL, never the password or the token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlops_toolkit.errors import MlopsError, one_line
+
+SUCCESS, FAILED = "success", "failed"
+FINISHED_RUN_STATES = {SUCCESS, FAILED}
+FAILED_TASK_STATES = {"failed", "upstream_failed"}
+REQUIRED_COMPONENTS = ("metadatabase", "scheduler")  # without these no run ever starts
+
+
+class AirflowError(MlopsError):
+    """Airflow answered something unusable, or a DAG run did not succeed."""
+
+
+class AirflowUnavailableError(AirflowError):
+    """No answer from the API server (refused, timed out, DNS)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class AirflowAuthError(AirflowError):
+    """The API server refused the credentials (401) or the user's role (403)."""
+
+
+class AirflowNotFoundError(AirflowError):
+    """404: an unknown DAG or DAG run."""
+
+
+@dataclass(frozen=True)
+class DagRun:
+    dag_id: str
+    run_id: str
+    state: str
+    logical_date: str | None = None
+    start_date: str | None = None
+    end_date: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> DagRun:
+        return cls(data["dag_id"], data["dag_run_id"], data.get("state") or "queued", data.get("logical_date"),
+                   data.get("start_date"), data.get("end_date"))
+
+
+@dataclass
+class AirflowClient:
+    """One API server, one user. The token is fetched on first use and again after a 401."""
+
+    base_url: str
+    username: str
+    password: str = field(repr=False)
+    request_timeout: float = 10.0
+    _token: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+
+    # -- health and login ------------------------------------------------------------------
+    def health(self) -> dict:
+        """``GET /api/v2/monitor/health`` (no login needed): status per component."""
+        return self._call("GET", "/api/v2/monitor/health", auth=False)
+
+    def login(self) -> None:
+        """Exchange username and password for a JWT (``POST /auth/token``)."""
+        try:
+            data = self._call("POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False)
+        except AirflowAuthError:
+            raise AirflowAuthError(
+                f"Airflow at {self.base_url} rejected the credentials of user {self.username!r} "
+                f"(HTTP 401 from POST /auth/token): check the Airflow username and password"
+            ) from None
+        token = data.get("access_token") if isinstance(data, dict) else None
+        if not token:
+            raise AirflowError(f"POST {self.base_url}/auth/token answered without an access_token: is it Airflow 3?")
+        self._token = token
+
+    # -- DAGs and runs ---------------------------------------------------------------------
+    def dag(self, dag_id: str) -> dict | None:
+        """The DAG's details, or None while Airflow does not know it (not parsed yet)."""
+        try:
+            return self._call("GET", f"/api/v2/dags/{_q(dag_id)}")
+        except AirflowNotFoundError:
+            return None
+
+    def import_errors(self) -> list[dict]:
+        """Files the DAG processor could not import (why a DAG may never appear)."""
+        return self._call("GET", "/api/v2/importErrors").get("import_errors", [])
+
+    def unpause(self, dag_id: str) -> None:
+        """Unpause (idempotent): runs of a paused DAG stay queued forever."""
+        self._call("PATCH", f"/api/v2/dags/{_q(dag_id)}", {"is_paused": False})
+
+    def trigger(self, dag_id: str, logical_date: dt.datetime | None | str = "now", conf: dict | None = None) -> DagRun:
+        """Start a manual run. ``logical_date`` "now" (UTC) gives the DAGs today's batch date;
+        None sends null, which Airflow 3 accepts (a run without a logical date)."""
+        if logical_date == "now":
+            logical_date = dt.datetime.now(dt.timezone.utc)
+        body = {"logical_date": logical_date.isoformat() if isinstance(logical_date, dt.datetime) else None,
+                "conf": conf or {}}
+        return DagRun.from_json(self._call("POST", f"/api/v2/dags/{_q(dag_id)}/dagRuns", body))
+
+    def dag_run(self, dag_id: str, run_id: str) -> DagRun:
+        return DagRun.from_json(self._call("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}"))
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        path = f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances"
+        return self._call("GET", path).get("task_instances", [])
+
+    def wait_for_run(self, run: DagRun, timeout: float, on_progress: Callable[[str], None],
+                     interval: float = 2.0) -> DagRun:
+        """Poll until the run finishes; return it on success, raise one line naming the DAG,
+        the run and the failed task otherwise (or when ``timeout`` seconds pass first)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            run = self.dag_run(run.dag_id, run.run_id)
+            tasks = self.task_instances(run.dag_id, run.run_id) if run.state != SUCCESS else []
+            line = f"{run.dag_id} {run.run_id}: {run.state}" + (f" ({_task_summary(tasks)})" if tasks else "")
+            if line != last:
+                on_progress(line)
+                last = line
+            if run.state == SUCCESS:
+                return run
+            if run.state in FINISHED_RUN_STATES or run.state not in {"queued", "running"}:
+                failed = [t for t in tasks if t.get("state") in FAILED_TASK_STATES]
+                where = "; ".join(f"task {t['task_id']} {t['state']} (try {t.get('try_number', '?')})" for t in failed)
+                raise AirflowError(
+                    f"DAG {run.dag_id} run {run.run_id} ended {run.state}"
+                    + (f": {where}" if where else "")
+                    + f"; task logs: {self.base_url}/dags/{_q(run.dag_id)}/runs/{_q(run.run_id)}"
+                )
+            if time.monotonic() >= deadline:
+                raise AirflowError(f"DAG {run.dag_id} run {run.run_id} still {run.state} after {timeout:.0f} s"
+                                   + (f" ({_task_summary(tasks)})" if tasks else ""))
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        if auth and self._token is None:
+            self.login()
+        try:
+            return self._send(method, path, body, auth)
+        except AirflowAuthError:
+            if not auth:
+                raise
+            self.login()  # tokens expire (default 24 h): one fresh login, then give up
+            return self._send(method, path, body, auth)
+
+    def _send(self, method: str, path: str, body: Any, auth: bool) -> Any:
+        url = self.base_url + path
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if auth:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.request_timeout) as response:  # noqa: S310 (http only)
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = _detail(exc)
+            message = f"{method} {url} answered HTTP {exc.code}" + (f": {detail}" if detail else "")
+            if exc.code in (401, 403):
+                if exc.code == 403:
+                    message += f" (user {self.username!r} lacks the permission: give it the Admin or Op role)"
+                raise AirflowAuthError(message) from None
+            if exc.code == 404:
+                raise AirflowNotFoundError(message) from None
+            raise AirflowError(message) from None
+        except (OSError, ValueError) as exc:  # refused, timeout, DNS, bad URL
+            reason = f"{method} {path}: {one_line(getattr(exc, 'reason', exc))}"
+            raise AirflowUnavailableError(f"Airflow API at {self.base_url} did not answer {reason}", reason) from None
+        try:
+            return json.loads(payload) if payload else {}
+        except ValueError:
+            raise AirflowError(f"{method} {url} answered something that is not JSON: "
+                               "is it Airflow's API server?") from None
+
+
+def components(health: dict) -> dict[str, str | None]:
+    """``{"scheduler": "healthy", "triggerer": None, ...}`` from a health answer."""
+    return {name: (value or {}).get("status") for name, value in health.items() if isinstance(value, dict)}
+
+
+def ready(health: dict, required: tuple[str, ...] = REQUIRED_COMPONENTS) -> bool:
+    """True when every required component reports healthy (the triggerer may be absent)."""
+    status = components(health)
+    return all(status.get(name) == "healthy" for name in required)
+
+
+def _task_summary(tasks: list[dict]) -> str:
+    return ", ".join(f"{t['task_id']}={t.get('state') or 'none'}" for t in tasks)
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    """FastAPI's ``{"detail": ...}`` as one line. Validation errors (422) carry the request
+    body in ``input``: only their ``loc`` and ``msg`` are kept, so a password never shows."""
+    try:
+        raw = exc.read().decode(errors="replace")
+    except OSError:
+        return ""
+    try:
+        detail = json.loads(raw).get("detail", raw)
+    except (ValueError, AttributeError):
+        detail = raw
+    if isinstance(detail, list):
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg', '')}"
+            if isinstance(item, dict) else "invalid request"
+            for item in detail
+        )
+    elif not isinstance(detail, str):
+        detail = "(details omitted)"
+    return one_line(detail, 200)
+
+
+def _q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+__all__ = ["AirflowAuthError", "AirflowClient", "AirflowError", "AirflowNotFoundError", "AirflowUnavailableError",
+           "DagRun", "components", "ready"]
