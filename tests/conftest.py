@@ -174,30 +174,16 @@ def mlops_script():
 @pytest.fixture
 def pushgateway(tmp_path) -> Iterator[str]:
     """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on a loopback port."""
-    import shutil
-    import subprocess
-    import urllib.request
-
     from mlops_toolkit.local_server import free_port
+    from tests.daemons import Daemon, binary  # imported late: it imports this module
 
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    need(binary is not None, "prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)")
     port = free_port()
     # In memory only: Debian's default persistence file is shared by every instance, so a
     # new one would start with whatever earlier runs pushed.
-    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/-/ready", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
+    daemon = Daemon([binary("prometheus-pushgateway", "pushgateway"), f"--web.listen-address=127.0.0.1:{port}",
+                     "--persistence.file="], port, tmp_path / "pushgateway.log", ready_path="/-/ready")
+    yield daemon.url
+    daemon.stop()
 
 
 def repo_root() -> Path:

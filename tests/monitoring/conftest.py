@@ -10,10 +10,7 @@ Started once for the package: the metric-name test and the real-Prometheus test 
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import subprocess
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -25,49 +22,16 @@ import pytest
 import mlops_toolkit as mt
 from mlops_toolkit.local_server import LocalMlflowServer, free_port
 from tests.conftest import need
+from tests.daemons import Daemon, binary
 from tests.mlops_autoserve.support import Watcher, wait_for
 from tests.monitoring.support import MONITORING
 
 DEPLOY_TIMEOUT = 90
 
 
-def binary(*names: str) -> str:
-    """Path of the first installed binary of ``names``: skip (fail under CI) if none is."""
-    found = next((path for path in map(shutil.which, names) if path), None)
-    need(found is not None, f"{names[0]} is not installed (Debian package: see monitoring/README.md)")
-    return found
-
-
 @pytest.fixture(scope="session")
 def promtool() -> str:
     return binary("promtool")
-
-
-class Daemon:
-    """A server binary on a loopback port, ready once ``ready_path`` answers 200."""
-
-    def __init__(self, command: list[str], port: int, log_path: Path, ready_path: str = "/metrics") -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self._ready(ready_path), 30, what=f"{command[0]} on {self.url} (log {log_path})")
-
-    def _ready(self, path: str) -> bool:
-        assert self.process.poll() is None, f"exited: {self.log_path.read_text()[-2000:]}"
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=1) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 def get_text(url: str) -> str:

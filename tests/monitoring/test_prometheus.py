@@ -14,7 +14,8 @@ import pytest
 
 from mlops_toolkit.local_server import free_port
 from tests.mlops_autoserve.support import wait_for
-from tests.monitoring.conftest import Daemon, binary, get_text
+from tests.daemons import Daemon, binary
+from tests.monitoring.conftest import get_text
 from tests.monitoring.support import (
     PROMETHEUS_DIR, compose_services, dashboard_queries, load_yaml, substitute_grafana_variables,
 )

@@ -21,6 +21,7 @@ import pytest
 
 from mlops_toolkit.local_server import free_port
 from tests.conftest import IN_CI, PG_DSN, need, repo_root
+from tests.daemons import Daemon, binary
 
 pytestmark = pytest.mark.slow
 ROOT = repo_root()
@@ -63,21 +64,14 @@ def test_image_tags_follow_content_and_are_never_overwritten(images):
 
 
 @pytest.fixture
-def s3_server() -> str:
+def s3_server(tmp_path) -> str:
     """moto's S3 server on loopback, standing in for the stack's MinIO (which cannot run
     here: not in Debian, PyPI or npm). The only fake in the suite."""
-    import shutil
-
-    binary = shutil.which("moto_server", path=os.path.dirname(sys.executable))
-    need(binary is not None, "moto_server is missing (pip install 'moto[server]')")
     port = free_port()
-    process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    assert _answers(url, 30), "moto's S3 server never answered"
-    yield url
-    process.terminate()
-    process.wait(10)
+    daemon = Daemon([binary("moto_server", path=os.path.dirname(sys.executable)), "-H", "127.0.0.1", "-p", str(port)],
+                    port, tmp_path / "moto.log", ready_path="/")
+    yield daemon.url
+    daemon.stop()
 
 
 def _answers(url: str, timeout: float) -> bool:
