@@ -69,6 +69,7 @@ def _airflow_env(home: Path, sql_conn: str, port: int, app_db_url: str, tracking
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({"admin": PASSWORD}))
     jwt_secret = secrets.token_urlsafe(64)  # >= 64 bytes
+    from cryptography.fernet import Fernet
     return {
         **base,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}",
@@ -79,6 +80,7 @@ def _airflow_env(home: Path, sql_conn: str, port: int, app_db_url: str, tracking
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_conn,

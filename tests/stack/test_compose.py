@@ -165,3 +165,23 @@ def test_postgres_init_job_creates_the_databases_once(tmp_path):
         with psycopg.connect(PG_DSN, autocommit=True) as admin:
             for name in names:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_airflow_settings_are_the_ones_the_real_airflow_test_runs_with(config, tmp_path):
+    """tests/mlops_toolkit/test_bootstrap.py runs real Airflow 3 components with the
+    compose stack's settings pointed at loopback: the two must not drift apart."""
+    from tests.mlops_toolkit.test_bootstrap import _airflow_env
+
+    compose_env = config["services"]["airflow-scheduler"]["environment"]
+    tested = _airflow_env(tmp_path, "postgresql+psycopg2://x@127.0.0.1/db", 8080, "sqlite://", "http://127.0.0.1:5000",
+                          "iris", "scheduled-training")
+    airflow_keys = {k for k in compose_env if k.startswith("AIRFLOW__")}
+    assert airflow_keys - set(tested) == set(), "compose sets Airflow options the real-Airflow test does not"
+    assert {"APP_DB_URL", "MLFLOW_TRACKING_URI", "MLOPS_MODEL_NAME"} <= set(compose_env) & set(tested)
+    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "AIRFLOW__CORE__LOAD_EXAMPLES"):
+        assert compose_env[key] == tested[key], key
+    # Every Airflow service of the stack gets the same settings.
+    for name in ("airflow-init", "airflow-apiserver", "airflow-dag-processor", "airflow-triggerer"):
+        service_env = config["services"][name]["environment"]
+        assert {k: service_env[k] for k in airflow_keys} == {k: compose_env[k] for k in airflow_keys}, name
