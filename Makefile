@@ -24,9 +24,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.bench_logging
 
-## images: serving image for --runtime docker (add ARGS=--local-base where no registry is reachable)
+## images: the project's images, tagged by content (ARGS=--local-base where no registry is reachable)
+IMAGES ?= serving autoserve mlflow airflow
 images:
-	bash services/autoserve/docker/build-images.sh $(ARGS)
+	bash services/autoserve/docker/build-images.sh $(ARGS) $(IMAGES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache benchmarks/results
