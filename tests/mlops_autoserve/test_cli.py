@@ -25,3 +25,11 @@ def test_autoserve_rejects_bad_options(mlops_script, tracking_uri):
     assert bad_range.returncode == 2 and "expected LOW-HIGH" in bad_range.stderr
     bad_strategy = mlops_script("autoserve", "--strategy", "yolo")
     assert bad_strategy.returncode == 2 and "'yolo' is not one of" in bad_strategy.stderr
+
+
+def test_autoserve_rejects_a_targets_file_it_cannot_write(mlops_script, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the targets directory should be")
+    result = mlops_script("autoserve", "--targets-file", str(blocker / "serving.json"))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"cannot write --targets-file {blocker / 'serving.json'}")

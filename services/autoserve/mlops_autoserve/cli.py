@@ -54,6 +54,8 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
     from mlops_autoserve.settings import AutoserveSettings
     from mlops_toolkit.connection import ensure_reachable
 
+    if targets_file is not None:
+        _check_writable(targets_file)
     tracking_uri = config.settings().tracking_uri
     ensure_reachable(tracking_uri)
     settings = AutoserveSettings(
@@ -72,6 +74,19 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
             raise MlopsError(f"could not register the webhook at {tracking_uri}: {exc}") from None
         click.echo(f"webhook {webhook_id} -> {url}", err=True)
     service.run(settings)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail at start, not with a warning per route change, when the targets file cannot be written."""
+    from mlops_toolkit.errors import ValidationError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValidationError(f"cannot write --targets-file {path}: {exc.strerror or exc}") from None
 
 
 @click.group()
