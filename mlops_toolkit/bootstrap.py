@@ -193,9 +193,10 @@ def wait_until_unrouted(gateway: str, model: str, deadline: Deadline, progress: 
     def routed() -> list[str]:
         return [e["alias"] for e in gateway_client.endpoints(gateway) or [] if e.get("model") == model]
 
-    if not routed():
+    still_routed = routed()
+    if not still_routed:
         return
-    progress(f"reset: waiting for autoserve to stop serving the deleted {model} ({', '.join(routed())})")
+    progress(f"reset: waiting for autoserve to stop serving the deleted {model} ({', '.join(still_routed)})")
     _wait_until("autoserve to drop the deleted model", gateway, lambda t: (not routed(), ""), deadline, progress)
 
 

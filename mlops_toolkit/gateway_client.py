@@ -1,7 +1,7 @@
 """Calls to the autoserve gateway, shared by ``mlops demo`` and ``mlops bootstrap``.
 
-Both need the same three things: is the gateway up, is ``model@alias`` served yet (its
-``/endpoints`` state), and one prediction with the version that answered. Plain urllib,
+Both need the same two things: is ``model@alias`` served yet (its ``/endpoints``
+state), and one prediction with the version that answered. Plain urllib,
 so a one-shot job needs nothing beyond the toolkit.
 """
 
@@ -35,15 +35,6 @@ def get_json(url: str, timeout: float = 2.0) -> Any | None:
             return json.loads(response.read())
     except (OSError, ValueError):
         return None
-
-
-def healthy(gateway: str, timeout: float = 2.0) -> bool:
-    """True when the gateway's ``GET /health`` answers 200 (its reconcile loop is running)."""
-    try:
-        with urllib.request.urlopen(f"{gateway.rstrip('/')}/health", timeout=timeout):  # noqa: S310
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def endpoints(gateway: str, timeout: float = 2.0) -> list[dict] | None:
@@ -137,5 +128,5 @@ def iris_payload(rows: int = 2) -> dict:
     return {"dataframe_split": json.loads(X_train.head(rows).to_json(orient="split", index=False))}
 
 
-__all__ = ["Prediction", "endpoints", "get_json", "healthy", "iris_payload", "predict", "serve_url",
+__all__ = ["Prediction", "endpoints", "get_json", "iris_payload", "predict", "serve_url",
            "wait_until_served"]
