@@ -1,33 +1,62 @@
 """Move registered-model aliases and keep a durable, shared history of every move.
 
-The history lives in the registry itself, one JSON tag per alias on the registered model
-(``mlops.alias_history.<alias>``), so the CLI, every notebook and the serving watcher read
-the same record. It is bounded to the newest :data:`HISTORY_LIMIT` events.
+The history lives in the registry itself, so the CLI, every notebook and the serving
+watcher read the same record. It is **append-only**: each move is its own registered-model
+tag, ``mlops.alias_event.<alias>.<nanoseconds>-<random>``, whose value is one small JSON
+event. Concurrent writers therefore never overwrite each other (MLflow has no
+compare-and-set on tags, so a read-modify-write of one shared tag loses events), and every
+value fits the 5,000-character ``registered_model_tags.value`` column of PostgreSQL and
+MySQL. Each alias keeps its newest :data:`HISTORY_LIMIT` events; older ones are pruned.
+
+The event is written *before* the alias moves: a move never happens without its record.
+If the history write fails, nothing moves and the error says so; if the move itself fails,
+the event is taken back.
 
 Rollback walks that history like an undo stack: each ``set``/``delete`` pushes the version
 it replaced, each ``rollback`` pops one, so repeated rollbacks step further back.
 Moves made outside the toolkit (MLflow UI, raw client) are not in the history.
+
+Histories written by earlier releases (one JSON list in ``mlops.alias_history.<alias>``)
+are still read, and moved to per-event tags on the next write. An entry that cannot be
+read (hand-edited, corrupt, or from a newer release) is skipped with a one-line warning.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
+import logging
 import os
-from dataclasses import asdict, dataclass
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from mlops_toolkit.config import registry, require_name, resolve_model_name
-from mlops_toolkit.errors import NotFoundError, ValidationError
+from mlops_toolkit.errors import NotFoundError, ValidationError, one_line
 from mlops_toolkit.registry import alias_map, get_model, iter_registered_models, latest_version_number
+from mlops_toolkit.tags import REGISTERED_MODEL_TAG_MAX, TAG_KEY_MAX, fit
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import RegisteredModel
 
-HISTORY_TAG_PREFIX = "mlops.alias_history."
+log = logging.getLogger(__name__)
+
+EVENT_TAG_PREFIX = "mlops.alias_event."
+LEGACY_HISTORY_TAG_PREFIX = "mlops.alias_history."  # one JSON list per alias (toolkit 0.1)
 HISTORY_LIMIT = 100
-HISTORY_MAX_CHARS = 90_000  # MLflow caps registry tag values at 100,000 characters
+REASON_MAX_CHARS = 1000
+USER_MAX_CHARS = 200
+EVENT_FORMAT = 2  # version of one event's JSON; the legacy list is format 1
+
+_ALIAS_RE = re.compile(r"^[\w\-]+$")  # MLflow's own rule for alias names
+_VERSION_ALIAS_RE = re.compile(r"^[vV]\d+$")
+_MLFLOW_ALIAS_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,8 @@ class AliasEvent:
     user: str
     timestamp: str
     reason: str | None = None
+    id: str = ""  # "<nanoseconds>-<random>": when it was written, unique per event
+    undoes: str | None = None  # a rollback names the event it undid
 
 
 @dataclass(frozen=True)
@@ -76,15 +107,16 @@ def set_alias(
 ) -> AliasChange:
     """Point ``model@alias`` at ``version`` (default: the latest version) and record it."""
     model = resolve_model_name(model)
-    alias = require_name(alias, "alias")
+    alias = _require_alias(alias)
     with registry() as client:
-        current = alias_map(get_model(client, model)).get(alias)
+        registered = get_model(client, model)
+        current = alias_map(registered).get(alias)
         target = _existing_version(client, model, version)
         if current == target:
             return AliasChange(model, alias, current, target, "unchanged")
-        client.set_registered_model_alias(model, alias, str(target))
         change = AliasChange(model, alias, current, target, "set")
-        _record(client, change, reason)
+        _move_with_record(client, change, reason, registered.tags,
+                          lambda: client.set_registered_model_alias(model, alias, str(target)))
     return change
 
 
@@ -112,10 +144,11 @@ def delete_alias(model: str | None, alias: str, *, reason: str | None = None) ->
     model = resolve_model_name(model)
     alias = require_name(alias, "alias")
     with registry() as client:
-        version = _aliased_version(client, model, alias)
-        client.delete_registered_model_alias(model, alias)
+        registered = get_model(client, model)
+        version = _aliased_version(client, model, alias, registered)
         change = AliasChange(model, alias, version, None, "delete")
-        _record(client, change, reason)
+        _move_with_record(client, change, reason, registered.tags,
+                          lambda: client.delete_registered_model_alias(model, alias))
     return change
 
 
@@ -124,22 +157,24 @@ def alias_history(model: str | None, alias: str) -> list[AliasEvent]:
     model = resolve_model_name(model)
     alias = require_name(alias, "alias")
     with registry() as client:
-        return _read_history(client, model, alias)
+        return [event for _, event in read_history(get_model(client, model).tags, model, alias)]
 
 
 def rollback_alias(model: str | None, alias: str, *, reason: str | None = None) -> AliasChange:
     """Move ``model@alias`` back to the version it held before its last recorded move."""
     model = resolve_model_name(model)
-    alias = require_name(alias, "alias")
+    alias = _require_alias(alias)
     with registry() as client:
-        current = alias_map(get_model(client, model)).get(alias)
-        target = _rollback_target(_read_history(client, model, alias))
-        if target is None:
+        registered = get_model(client, model)
+        current = alias_map(registered).get(alias)
+        history = [event for _, event in read_history(registered.tags, model, alias)]
+        undone = _event_to_undo(history)
+        if undone is None or undone.from_version is None:
             raise ValidationError(f"{model}@{alias} has no earlier version to roll back to")
-        target = _existing_version(client, model, target)
-        client.set_registered_model_alias(model, alias, str(target))
+        target = _existing_version(client, model, undone.from_version)
         change = AliasChange(model, alias, current, target, "rollback")
-        _record(client, change, reason)
+        _move_with_record(client, change, reason, registered.tags,
+                          lambda: client.set_registered_model_alias(model, alias, str(target)), undoes=undone.id)
     return change
 
 
@@ -151,14 +186,21 @@ def current_user() -> str:
         return "unknown"
 
 
-def _rollback_target(events: list[AliasEvent]) -> int | None:
-    stack: list[int | None] = []
+def _event_to_undo(events: list[AliasEvent]) -> AliasEvent | None:
+    """The newest set/delete not yet undone: the undo stack's top.
+
+    A rollback names the event it undid, so two concurrent rollbacks of the same event
+    count once; rollbacks from toolkit 0.1 name nothing and pop the top.
+    """
+    stack: list[AliasEvent] = []
     for event in events:
-        if event.action == "rollback":
+        if event.action != "rollback":
+            stack.append(event)
+        elif event.undoes is None:
             if stack:
                 stack.pop()
         else:
-            stack.append(event.from_version)
+            stack = [e for e in stack if e.id != event.undoes]
     return stack[-1] if stack else None
 
 
@@ -190,47 +232,208 @@ def _parse_version(version: int | str) -> int:
     return int(text)
 
 
-def _history_key(alias: str) -> str:
-    return HISTORY_TAG_PREFIX + alias
+def read_history(tags: Mapping[str, str], model: str, alias: str) -> list[tuple[str, AliasEvent]]:
+    """``(tag key, event)`` pairs of ``model@alias`` from a registered model's tags, oldest first.
+
+    Reads both the per-event tags and a legacy one-list tag; an unreadable entry is skipped
+    with a one-line warning naming the tag, so a hand edit never blocks a move.
+    """
+    prefix = _event_prefix(alias)
+    entries: list[tuple[str, AliasEvent]] = []
+    for key, raw in tags.items():
+        if not key.startswith(prefix):
+            continue
+        event = _decode_event(model, key, raw, alias)
+        if event is not None:
+            entries.append((key, replace(event, id=_order(key))))
+    entries.extend(_legacy_entries(tags, model, alias))
+    return sorted(entries, key=lambda entry: _order(entry[0]))
 
 
-def _read_history(client: MlflowClient, model: str, alias: str) -> list[AliasEvent]:
-    raw = get_model(client, model).tags.get(_history_key(alias))
+def _move_with_record(
+    client: MlflowClient,
+    change: AliasChange,
+    reason: str | None,
+    tags: Mapping[str, str],
+    move: Callable[[], object],
+    undoes: str | None = None,
+) -> None:
+    """Write the event, then move; a move never happens without its record.
+
+    A failed event write raises before anything moved. A failed move takes its event back.
+    Pruning and migrating old entries come after the move and only warn when they fail.
+    """
+    key = _new_event_key(change.alias)
+    client.set_registered_model_tag(change.model, key, _encode_event(change, reason, undoes))
+    try:
+        move()
+    except BaseException:
+        _delete_tags(client, change.model, [key], "take back the event of a failed move")
+        raise
+    try:
+        _migrate_legacy(client, change.model, change.alias, tags)
+        _prune(client, change.model, change.alias, {**tags, key: ""})
+    except Exception as exc:  # noqa: BLE001 - housekeeping must never fail a move that happened
+        log.warning(f"{change} happened; tidying its history failed: {one_line(exc)}")
+
+
+def _encode_event(change: AliasChange, reason: str | None, undoes: str | None = None) -> str:
+    event = AliasEvent(
+        action=change.action,
+        from_version=change.from_version,
+        to_version=change.to_version,
+        user=fit(current_user(), USER_MAX_CHARS),
+        timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        reason=fit(reason, REASON_MAX_CHARS) if reason else None,
+        undoes=undoes,
+    )
+    fields = {k: v for k, v in asdict(event).items() if k != "id" and (v is not None or k != "undoes")}
+    payload = json.dumps({"format": EVENT_FORMAT, "alias": change.alias, **fields}, separators=(",", ":"))
+    if len(payload) > REGISTERED_MODEL_TAG_MAX:  # only a very long alias name could get here
+        raise ValidationError(f"alias history event for {change} does not fit a registry tag")
+    return payload
+
+
+def _decode_event(model: str, key: str, raw: str | None, alias: str) -> AliasEvent | None:
+    try:
+        data = json.loads(raw or "")
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if int(data.get("format", 0)) > EVENT_FORMAT:
+            _skip(model, key, f"written by a newer toolkit (format {data['format']})")
+            return None
+        if data.get("alias") != alias:  # a hashed key shared by another alias name
+            return None
+        return _event_from(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        _skip(model, key, one_line(exc, 120))
+        return None
+
+
+def _event_from(data: Mapping[str, object]) -> AliasEvent:
+    def version(value: object) -> int | None:
+        return None if value is None else int(value)  # type: ignore[arg-type]
+
+    action = str(data["action"])
+    if action not in ("set", "delete", "rollback"):
+        raise ValueError(f"unknown action {action!r}")
+    return AliasEvent(
+        action=action,
+        from_version=version(data.get("from_version")),
+        to_version=version(data.get("to_version")),
+        user=str(data.get("user") or "unknown"),
+        timestamp=str(data["timestamp"]),
+        reason=str(data["reason"]) if data.get("reason") else None,
+        undoes=str(data["undoes"]) if data.get("undoes") else None,
+    )
+
+
+def _legacy_entries(tags: Mapping[str, str], model: str, alias: str) -> list[tuple[str, AliasEvent]]:
+    """Events from the one-list tag of toolkit 0.1, each under the key it will migrate to."""
+    legacy_key = LEGACY_HISTORY_TAG_PREFIX + alias
+    raw = tags.get(legacy_key)
     if not raw:
         return []
     try:
-        return [AliasEvent(**entry) for entry in json.loads(raw)]
-    except (ValueError, TypeError):
+        items = json.loads(raw)
+        if not isinstance(items, list):
+            raise ValueError("not a JSON list")
+    except ValueError as exc:
+        _skip(model, legacy_key, one_line(exc, 120))
+        return []
+    entries = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ValueError("not a JSON object")
+            event = _event_from(item)
+            key = _legacy_event_key(alias, event, index)
+            entries.append((key, replace(event, id=_order(key))))
+        except (ValueError, TypeError, KeyError) as exc:
+            _skip(model, f"{legacy_key}[{index}]", one_line(exc, 120))
+    return entries
+
+
+def _migrate_legacy(client: MlflowClient, model: str, alias: str, tags: Mapping[str, str]) -> None:
+    """Copy a legacy list into per-event tags (same keys for every writer), then drop it."""
+    legacy_key = LEGACY_HISTORY_TAG_PREFIX + alias
+    if legacy_key not in tags:
+        return
+    for key, event in _legacy_entries(tags, model, alias)[-HISTORY_LIMIT:]:
+        if key not in tags:
+            change = AliasChange(model, alias, event.from_version, event.to_version, event.action)
+            payload = json.loads(_encode_event(change, event.reason, event.undoes))
+            payload.update(user=event.user, timestamp=event.timestamp)
+            client.set_registered_model_tag(model, key, json.dumps(payload, separators=(",", ":")))
+    client.delete_registered_model_tag(model, legacy_key)
+
+
+def _prune(client: MlflowClient, model: str, alias: str, tags: Mapping[str, str]) -> None:
+    """Drop this alias's events beyond the newest HISTORY_LIMIT."""
+    prefix = _event_prefix(alias)
+    keys = sorted((key for key in tags if key.startswith(prefix)), key=_order)
+    _delete_tags(client, model, keys[:-HISTORY_LIMIT], "prune old history events")
+
+
+def _delete_tags(client: MlflowClient, model: str, keys: list[str], why: str) -> None:
+    for key in keys:
+        try:
+            client.delete_registered_model_tag(model, key)
+        except Exception as exc:  # noqa: BLE001 - a concurrent writer may have removed it first
+            log.warning(f"could not {why} ({model} tag {key}): {one_line(exc)}")
+
+
+def _event_prefix(alias: str) -> str:
+    """Tag-key prefix of an alias's events; a hash stands in for names too long for a key."""
+    prefix = f"{EVENT_TAG_PREFIX}{alias}."
+    if len(prefix) + 30 <= TAG_KEY_MAX and alias.isascii():
+        return prefix
+    return f"{EVENT_TAG_PREFIX}h-{hashlib.sha1(alias.encode()).hexdigest()[:16]}."
+
+
+def _new_event_key(alias: str) -> str:
+    """Sortable by time (nanoseconds, 20 digits) with a random suffix: unique per writer."""
+    return f"{_event_prefix(alias)}{time.time_ns():020d}-{secrets.token_hex(4)}"
+
+
+def _legacy_event_key(alias: str, event: AliasEvent, index: int) -> str:
+    try:
+        stamp = int(datetime.fromisoformat(event.timestamp).timestamp() * 1e9) + index
+    except ValueError:
+        stamp = index
+    digest = hashlib.sha1(json.dumps(asdict(event), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{_event_prefix(alias)}{stamp:020d}-{digest}"
+
+
+def _order(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _skip(model: str, key: str, why: str) -> None:
+    log.warning(f"alias history: skipped unreadable entry {key!r} of '{model}': {why}")
+
+
+def _require_alias(alias: str | None) -> str:
+    """MLflow's alias rules, checked before the history event is written."""
+    alias = require_name(alias, "alias")
+    if not _ALIAS_RE.match(alias):
         raise ValidationError(
-            f"alias history tag {_history_key(alias)!r} on '{model}' is not valid JSON; "
-            "delete the tag to start a new history"
-        ) from None
-
-
-def _record(client: MlflowClient, change: AliasChange, reason: str | None) -> None:
-    """Append one event to the alias's history tag, keeping it within MLflow's limits."""
-    events = _read_history(client, change.model, change.alias)
-    events.append(
-        AliasEvent(
-            action=change.action,
-            from_version=change.from_version,
-            to_version=change.to_version,
-            user=current_user(),
-            timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            reason=reason or None,
+            f"invalid alias name '{alias}': only letters, digits, underscores (_) and dashes (-)"
         )
-    )
-    events = events[-HISTORY_LIMIT:]
-    payload = json.dumps([asdict(e) for e in events], separators=(",", ":"))
-    while len(payload) > HISTORY_MAX_CHARS and len(events) > 1:
-        events = events[1:]
-        payload = json.dumps([asdict(e) for e in events], separators=(",", ":"))
-    client.set_registered_model_tag(change.model, _history_key(change.alias), payload)
+    if len(alias) > _MLFLOW_ALIAS_MAX:
+        raise ValidationError(f"alias name is {len(alias)} characters; MLflow allows {_MLFLOW_ALIAS_MAX}")
+    if alias.lower() == "latest":
+        raise ValidationError(f"'{alias}' alias name (case insensitive) is reserved by MLflow")
+    if _VERSION_ALIAS_RE.match(alias):
+        raise ValidationError(f"version alias name '{alias}' is reserved by MLflow (it means version {alias[1:]})")
+    return alias
 
 
-def _aliased_version(client: MlflowClient, model: str, alias: str) -> int:
+def _aliased_version(
+    client: MlflowClient, model: str, alias: str, registered: RegisteredModel | None = None
+) -> int:
     """The version ``model@alias`` points at, or NotFoundError listing the aliases there are."""
-    aliases = alias_map(get_model(client, model))
+    aliases = alias_map(registered or get_model(client, model))
     if alias not in aliases:
         known = ", ".join(sorted(aliases)) or "none"
         raise NotFoundError(f"model '{model}' has no alias '{alias}' (aliases: {known})")

@@ -19,6 +19,7 @@ from mlops_toolkit.aliases import get_alias
 from mlops_toolkit.appdb import count_rows, input_rows, migrate, predictions, replace_for_date
 from mlops_toolkit.config import registry
 from mlops_toolkit.errors import NotFoundError, ValidationError
+from mlops_toolkit.tags import RUN_TAG_MAX, fit
 from mlops_toolkit.training import GateResult, champion_challenger, train_candidates
 
 log = logging.getLogger("mlops.batch")
@@ -133,7 +134,7 @@ def train_from_appdb(engine: Engine, model: str, min_rows: int = 60) -> GateResu
             role = "champion" if candidate.version == champion else (
                 "challenger" if gate.challenger and gate.challenger.to_version == candidate.version else "not promoted")
             client.set_tag(run_id, "mlops.gate.role", role)
-            client.set_tag(run_id, "mlops.gate.decision", str(gate.decision)[:5000])
+            client.set_tag(run_id, "mlops.gate.decision", fit(str(gate.decision), RUN_TAG_MAX))
             client.set_tag(run_id, "mlops.training_data", f"{source}, {len(X_train)} rows")
             client.log_text(run_id, X_train.to_csv(index=False), REFERENCE_ARTIFACT)
     log.info("training done", extra={"model": model, "decision": str(gate.decision), "source": source})

@@ -73,6 +73,7 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, alpha: float = 
 def log_to_mlflow(report: DriftReport, model: str, experiment: str = "model-monitoring") -> str:
     """One run per check: metrics per feature, hashes and verdict as tags; returns the run id."""
     from mlops_toolkit.runs import start_run
+    from mlops_toolkit.tags import RUN_TAG_MAX, fit
 
     metrics = {"drift_detected": float(report.drift_detected), "current_rows": float(report.current_rows)}
     for r in report.features:
@@ -80,7 +81,7 @@ def log_to_mlflow(report: DriftReport, model: str, experiment: str = "model-moni
         metrics[f"ks_statistic.{key}"] = r.statistic
         metrics[f"p_value.{key}"] = r.p_value
     tags = {"mlops.model": model, "mlops.reference_hash": report.reference_hash,
-            "mlops.current_hash": report.current_hash, "mlops.drifted_features": ",".join(report.drifted_features)}
+            "mlops.current_hash": report.current_hash, "mlops.drifted_features": fit(",".join(report.drifted_features), RUN_TAG_MAX)}
     with start_run(f"drift-{model}", params={"alpha": report.alpha}, tags=tags, experiment=experiment) as run:
         run.log_metrics(metrics)
     return run.run_id

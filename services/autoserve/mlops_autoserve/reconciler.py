@@ -31,6 +31,7 @@ from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runt
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.targets import TargetsFile
 from mlops_toolkit.errors import one_line
+from mlops_toolkit.tags import MODEL_VERSION_TAG_MAX, fit
 
 log = logging.getLogger("autoserve.reconciler")
 
@@ -343,7 +344,7 @@ class Reconciler:
                 client.delete_model_version_tag(key.model, str(key.version), ERROR_TAG)
             else:
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                client.set_model_version_tag(key.model, str(key.version), ERROR_TAG, f"{stamp} {error}"[:5000])
+                client.set_model_version_tag(key.model, str(key.version), ERROR_TAG, fit(f"{stamp} {error}", MODEL_VERSION_TAG_MAX))
             return True
         except Exception as exc:  # the registry may be down: the failure is in logs and metrics anyway
             log.warning("could not tag model version", extra={**_fields(key), "error": one_line(exc)})
