@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from mlops_toolkit.local_server import free_port
+from mlops_toolkit.local_server import free_port, pid_running
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
@@ -168,17 +168,20 @@ def http_json(method: str, url: str, body: Any = None, headers: dict | None = No
 
 
 class Watcher:
-    """``mlops autoserve`` as a child process with its own gateway port, port range and state."""
+    """``mlops autoserve`` as a child process with its own ports (gateway, gateway admin,
+    watcher), port range and state; the gateway it starts is a process of its own."""
 
     def __init__(self, tracking_uri: str, state_dir: Path, models: list[str], *extra: str,
                  poll_interval: float = 0.5, secret: str | None = None, port: int | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.state_dir = state_dir
         self.port = port or free_port()
+        self.admin_port, self.watcher_port = free_port(), free_port()
         base = 20000 + (os.getpid() * 7 + self.port) % 9000
         self.args = [
             "autoserve", "--tracking-uri", tracking_uri, "--models", ",".join(models),
-            "--poll-interval", str(poll_interval), "--port", str(self.port),
+            "--poll-interval", str(poll_interval), "--port", str(self.port), "--admin-port", str(self.admin_port),
+            "--watcher-port", str(self.watcher_port),
             "--port-range", f"{base}-{base + 40}", "--state-dir", str(state_dir), "--ready-timeout", "90",
             *(["--webhook-secret", secret] if secret else []), *extra,
         ]
@@ -187,34 +190,54 @@ class Watcher:
 
     @property
     def url(self) -> str:
+        """The gateway: /serve/..., /health."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The gateway's admin port: /endpoints, /inflight, /metrics."""
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def watcher_url(self) -> str:
+        """The watcher itself: /health, /metrics, /webhooks/mlflow."""
+        return f"http://127.0.0.1:{self.watcher_port}"
 
     def start(self) -> Watcher:
         script = Path(sys.executable).parent / "mlops"
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([str(script), *self.args], stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        wait_for(lambda: self._up(), 30, what=f"gateway on {self.url} (log {self.log_path})")
+        wait_for(lambda: self._up(), 40, what=f"gateway on {self.url} and watcher on {self.watcher_url} "
+                                               f"(log {self.log_path})")
         return self
 
     def _up(self) -> bool:
         assert self.process.poll() is None, f"watcher exited: {self.log_tail()}"
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
+        return all(_answers(url + "/health") for url in (self.url, self.admin_url, self.watcher_url))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Stop the watcher (SIGTERM also stops the gateway it started)."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(sig)
         return self.process.wait(timeout)
 
+    def gateway_pid(self) -> int | None:
+        try:
+            return int(json.loads((self.state_dir / "gateway.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def stop_gateway(self) -> None:
+        """After a watcher killed with -9, the gateway is still running: stop it too."""
+        pid = self.gateway_pid()
+        if pid and pid_running(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not pid_running(pid), 15, what=f"gateway pid {pid} to exit")
+
     def endpoints(self) -> dict[str, dict]:
-        _, _, data = http_json("GET", self.url + "/endpoints")
+        _, _, data = http_json("GET", self.admin_url + "/endpoints")
         return {e["alias"]: e for e in data}
 
     def endpoint_ready(self, alias: str, version: int) -> dict | None:
@@ -226,8 +249,12 @@ class Watcher:
         return http_json("POST", f"{self.url}/serve/{urllib.parse.quote(model)}/{alias}/invocations", payload)
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
-            return response.read().decode()
+        """Both /metrics pages: the watcher's (control loop) and the gateway's (requests)."""
+        pages = []
+        for url in (self.watcher_url, self.admin_url):
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+                pages.append(response.read().decode())
+        return "".join(pages)
 
     def records(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in sorted((self.state_dir / "deployments").glob("*.json"))]
@@ -237,6 +264,17 @@ class Watcher:
             return "\n".join(self.log_path.read_text().splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _answers(url: str) -> bool:
+    """Anything HTTP came back (a 503 'stale' counts: the listener is up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 class LoadClient:

@@ -37,6 +37,7 @@ class BootstrapOptions:
     airflow_url: str = "http://127.0.0.1:8080"
     airflow_user: str = "admin"
     gateway: str = "http://127.0.0.1:8000"
+    gateway_admin: str = "http://127.0.0.1:8001"  # /endpoints: what is served, per alias
     model: str = "iris"
     alias: str = "Production"
     reset: bool = False
@@ -89,7 +90,7 @@ def run(options: BootstrapOptions, echo: Callable[[str], None] = print) -> Boots
     reset = None
     if options.reset:
         reset = reset_mlflow(options.tracking_uri, options.model, options.reset_experiments, progress)
-        wait_until_unrouted(options.gateway, options.model, deadline, progress)
+        wait_until_unrouted(options.gateway_admin, options.model, deadline, progress)
 
     runs = [run_dag(airflow, dag_id, deadline, progress, options.poll_interval) for dag_id in options.dags]
 
@@ -100,12 +101,12 @@ def run(options: BootstrapOptions, echo: Callable[[str], None] = print) -> Boots
     progress(f"registry: {options.model}@{options.alias} -> v{version}")
     try:
         gateway_client.wait_until_served(
-            options.gateway, options.model, [options.alias], deadline.left(), progress,
+            options.gateway_admin, options.model, [options.alias], deadline.left(), progress,
             versions=lambda: {options.alias: _alias_version(options.tracking_uri, options.model, options.alias)},
             interval=1.0,
         )
     except MlopsError as exc:  # the time ran out: say which gateway
-        raise MlopsError(f"gateway {options.gateway}: {exc} (GET /endpoints shows why)") from None
+        raise MlopsError(f"gateway {options.gateway}: {exc} (GET {options.gateway_admin}/endpoints shows why)") from None
     prediction = gateway_client.predict(options.gateway, options.model, options.alias, gateway_client.iris_payload(2),
                                          timeout=max(5.0, min(30.0, deadline.left())))
     progress(f"prediction from {options.model}@{options.alias} (v{prediction.version}): {prediction.predictions}")
@@ -140,6 +141,8 @@ def wait_for_services(options: BootstrapOptions, airflow: AirflowClient, deadlin
     progress(f"logged in to Airflow as {options.airflow_user!r}")
     _wait_until("autoserve gateway", options.gateway,
                 lambda t: _http_ok(f"{options.gateway.rstrip('/')}/health", t), deadline, progress)
+    _wait_until("autoserve gateway admin", options.gateway_admin,
+                lambda t: _http_ok(f"{options.gateway_admin.rstrip('/')}/health", t), deadline, progress)
 
 
 def reset_mlflow(tracking_uri: str, model: str, experiments: tuple[str, ...],
@@ -228,7 +231,8 @@ def summary(options: BootstrapOptions, result: BootstrapResult) -> str:
         f"  prediction       {result.prediction.predictions}  (X-Model-Version: {result.prediction.version})",
         f"  Airflow UI       {options.airflow_url}",
         f"  MLflow UI        {options.tracking_uri}",
-        f"  gateway          {options.gateway}   (GET /endpoints, /metrics, /health)",
+        f"  gateway          {options.gateway}   (/serve/..., /health)",
+        f"  gateway admin    {options.gateway_admin}   (GET /endpoints, /metrics)",
     ]
     return "\n".join(lines)
 

@@ -47,6 +47,7 @@ class DemoOptions:
 class DemoResult:
     tracking_uri: str
     gateway: str
+    gateway_admin: str
     endpoints: list[dict] = field(default_factory=list)
     predictions: dict[str, dict] = field(default_factory=dict)
     seconds_to_first_prediction: float = 0.0
@@ -92,9 +93,9 @@ class Demo:
         tracking_uri = self._tracking_server()
         mt.configure(tracking_uri=tracking_uri, experiment="mlops-demo", model_name=self.options.model_name)
         self._train_and_promote()
-        gateway = self._start_autoserve(tracking_uri)
-        endpoints = self._wait_until_served(gateway)
-        result = DemoResult(tracking_uri, gateway, endpoints)
+        gateway, admin = self._start_autoserve(tracking_uri)
+        endpoints = self._wait_until_served(admin)
+        result = DemoResult(tracking_uri, gateway, admin, endpoints)
         for alias in ALIASES:
             result.predictions[alias] = self._predict(gateway, alias)
         result.seconds_to_first_prediction = self.progress.elapsed
@@ -145,26 +146,30 @@ class Demo:
         if gate.challenger is not None:
             self.progress(str(gate.challenger))
 
-    def _start_autoserve(self, tracking_uri: str) -> str:
-        self._check_port(self.options.gateway_port, "--gateway-port")
+    def _start_autoserve(self, tracking_uri: str) -> tuple[str, str]:
+        """The watcher, which starts the gateway (admin on gateway port + 1, watcher on + 2)."""
+        port = self.options.gateway_port
+        for taken in (port, port + 1, port + 2):
+            self._check_port(taken, "--gateway-port")
         low, high = self.options.port_range
         log = open(self.state / "logs" / "autoserve.log", "ab")
         self.autoserve = subprocess.Popen(
             [sys.executable, "-m", "mlops_toolkit.cli", "autoserve",
              "--tracking-uri", tracking_uri, "--models", self.options.model_name,
              "--aliases", ",".join(ALIASES), "--poll-interval", "2",
-             "--port", str(self.options.gateway_port), "--port-range", f"{low}-{high}",
+             "--port", str(port), "--admin-port", str(port + 1), "--watcher-port", str(port + 2),
+             "--port-range", f"{low}-{high}",
              "--state-dir", str(self.state / "autoserve")],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         self._record_children()
-        gateway = f"http://127.0.0.1:{self.options.gateway_port}"
+        gateway, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
         self.progress(f"autoserve starting: gateway {gateway} (log {self.state / 'logs' / 'autoserve.log'})")
-        return gateway
+        return gateway, admin
 
-    def _wait_until_served(self, gateway: str) -> list[dict]:
+    def _wait_until_served(self, admin: str) -> list[dict]:
         return gateway_client.wait_until_served(
-            gateway, self.options.model_name, ALIASES, self.options.ready_timeout, self.progress,
+            admin, self.options.model_name, ALIASES, self.options.ready_timeout, self.progress,
             alive=self._autoserve_alive,
         )
 
@@ -186,7 +191,8 @@ class Demo:
             "",
             f"Ready in {result.seconds_to_first_prediction:.1f} s.",
             f"  MLflow UI        {result.tracking_uri}",
-            f"  gateway          {result.gateway}   (GET /endpoints, /metrics, /health)",
+            f"  gateway          {result.gateway}   (/serve/..., /health)",
+            f"  gateway admin    {result.gateway_admin}   (GET /endpoints, /metrics)",
         ]
         for endpoint in result.endpoints:
             lines.append(
@@ -218,7 +224,8 @@ class Demo:
             self.server.stop()
         pid_file = self.state / "demo-pids.json"
         pid_file.unlink(missing_ok=True)
-        ports = [self.options.gateway_port] + ([self.options.mlflow_port] if self.server else [])
+        gateway = self.options.gateway_port
+        ports = [gateway, gateway + 1, gateway + 2] + ([self.options.mlflow_port] if self.server else [])
         busy = [p for p in ports if port_is_open("127.0.0.1", p)]
         if self.autoserve is not None or self.server is not None:
             self.progress("stopped; nothing left running" if not busy else f"ports still bound: {busy}")
@@ -235,10 +242,12 @@ class Demo:
             pids = json.loads(pid_file.read_text())
         except (OSError, ValueError):
             return
+        with contextlib.suppress(OSError, ValueError):  # a gateway outlives a watcher killed with -9
+            pids["gateway"] = json.loads((self.state / "autoserve" / "gateway.json").read_text())["pid"]
         for name, pid in pids.items():
             if pid and _cmdline_mentions(pid, str(self.state)):
                 self.progress(f"stopping {name} (pid {pid}) left by an earlier demo run")
-                _kill_group(pid, signal.SIGTERM if name == "autoserve" else signal.SIGKILL)
+                _kill_group(pid, signal.SIGTERM if name in ("autoserve", "gateway") else signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
 
     def _check_port(self, port: int, option: str) -> None:

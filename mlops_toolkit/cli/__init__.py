@@ -71,9 +71,10 @@ main.add_command(demo)
 main.add_command(bootstrap)
 
 try:  # the serving watcher ships in the same distribution, from services/autoserve/
-    from mlops_autoserve.cli import autoserve, serve
+    from mlops_autoserve.cli import autoserve, gateway, serve
 
     main.add_command(autoserve)
+    main.add_command(gateway)
     main.add_command(serve)
 except ImportError:  # pragma: no cover - a source tree without services/
     pass

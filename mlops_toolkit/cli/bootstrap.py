@@ -32,6 +32,8 @@ def _names(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
               help="Airflow password ($AIRFLOW_PASSWORD; prefer the variable: options show in `ps`).")
 @click.option("--gateway", envvar="MLOPS_GATEWAY_URL", default="http://127.0.0.1:8000", show_default=True,
               callback=_http_url, metavar="URL", help="autoserve gateway ($MLOPS_GATEWAY_URL).")
+@click.option("--gateway-admin", envvar="MLOPS_GATEWAY_ADMIN_URL", default="http://127.0.0.1:8001", show_default=True,
+              callback=_http_url, metavar="URL", help="autoserve gateway admin port ($MLOPS_GATEWAY_ADMIN_URL).")
 @click.option("--model", envvar="MLOPS_MODEL_NAME", default="iris", show_default=True,
               help="Registered model the DAGs train ($MLOPS_MODEL_NAME).")
 @click.option("--reset/--no-reset", envvar="BOOTSTRAP_RESET_MLFLOW", default=False, show_default=True,
@@ -43,12 +45,13 @@ def _names(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
               metavar="SECONDS", help="Limit for the whole job ($BOOTSTRAP_TIMEOUT).")
 @click.option("--dags", default=",".join(DEFAULT_DAGS), show_default=True, callback=_names, metavar="IDS",
               help="DAGs to run in order, comma-separated.")
-def bootstrap(airflow_url: str, airflow_user: str, airflow_password: str, gateway: str, model: str, reset: bool,
+def bootstrap(airflow_url: str, airflow_user: str, airflow_password: str, gateway: str, gateway_admin: str,
+              model: str, reset: bool,
               reset_experiments: tuple[str, ...], timeout: float, dags: tuple[str, ...]) -> None:
     """Wait for MLflow, Airflow and the gateway; run the data-load and training DAGs through
     Airflow's API; wait until MODEL@Production serves; send one prediction."""
     run(BootstrapOptions(
         airflow_password=airflow_password, tracking_uri=config.settings().tracking_uri, airflow_url=airflow_url,
-        airflow_user=airflow_user, gateway=gateway, model=model, reset=reset, reset_experiments=reset_experiments,
+        airflow_user=airflow_user, gateway=gateway, gateway_admin=gateway_admin, model=model, reset=reset, reset_experiments=reset_experiments,
         timeout=timeout, dags=dags,
     ), echo=click.echo)

@@ -8,19 +8,47 @@ from tests.mlops_toolkit.cli.conftest import assert_one_line_error
 
 def test_serve_status_without_a_gateway(mlops_script):
     port = free_port()
-    result = mlops_script("serve", "status", "--gateway", f"http://127.0.0.1:{port}")
+    result = mlops_script("serve", "status", "--gateway-admin", f"http://127.0.0.1:{port}")
     assert result.returncode == 1
     assert_one_line_error(result.stderr, f"cannot read http://127.0.0.1:{port}/endpoints")
 
 
-def test_autoserve_with_unreachable_tracking_server(mlops_script):
-    uri = f"http://127.0.0.1:{free_port()}"
-    result = mlops_script("autoserve", "--tracking-uri", uri)
+def test_autoserve_pointed_at_something_that_is_not_mlflow(mlops_script):
+    """A URI that answers, but not like MLflow, is a typo: fail at once (an outage is not)."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = mlops_script("autoserve", "--tracking-uri", uri, "--port", str(free_port()),
+                              "--admin-port", str(free_port()), "--watcher-port", str(free_port()))
+    finally:
+        server.shutdown()
     assert result.returncode == 1
-    assert_one_line_error(result.stderr, uri)
+    assert_one_line_error(result.stderr, uri, "is it an MLflow tracking server?")
+
+
+def test_autoserve_starts_while_the_tracking_server_is_down(tmp_path):
+    """An outage at start: the gateway comes up on the last table and the watcher retries."""
+    from tests.mlops_autoserve.support import Watcher, http_json
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    watcher = Watcher(uri, tmp_path / "state", ["any"]).start()
+    try:
+        assert http_json("GET", watcher.url + "/health")[0] == 200
+        assert http_json("GET", watcher.admin_url + "/endpoints")[2] == []
+        assert "serving the last published routes and retrying" in watcher.log_tail()
+    finally:
+        assert watcher.stop() == 0
+    assert watcher.gateway_pid() is None  # SIGTERM stopped the gateway it started
 
 
 def test_autoserve_rejects_bad_options(mlops_script, tracking_uri):
+    same = mlops_script("autoserve", "--port", "9100", "--admin-port", "9100", "--tracking-uri", tracking_uri)
+    assert same.returncode == 2
+    assert_one_line_error(same.stderr, "--port and --admin-port must differ (both 9100)")
     bad_range = mlops_script("autoserve", "--port-range", "9000", "--tracking-uri", tracking_uri)
     assert bad_range.returncode == 2 and "expected LOW-HIGH" in bad_range.stderr
     bad_strategy = mlops_script("autoserve", "--strategy", "yolo")

@@ -122,14 +122,23 @@ def test_killed_deployment_is_restored(watcher, served_model):
 
 
 def test_restarted_watcher_adopts_running_deployments(watcher, served_model):
+    """A watcher killed with -9 costs no request: the gateway is its own process and keeps
+    serving the last route table; the restarted watcher reuses it and adopts every deployment."""
     model = served_model.name
     before = {r["version"]: r["pid"] for r in watcher.records()}
-    watcher.stop(signal.SIGKILL)  # the watcher dies; its deployments must not
-    assert all(pid_alive(pid) for pid in before.values())
-    watcher.start()
-    wait_for(lambda: watcher.endpoint_ready("Production", served_model.good[2]), 15, what="adopted")
+    gateway_pid = watcher.gateway_pid()
+    with LoadClient(watcher.port, f"/serve/{model.replace(' ', '%20')}/Production/invocations") as client:
+        wait_for(lambda: client.sent > 20, 10, what="load running")
+        watcher.stop(signal.SIGKILL)  # the watcher dies; its deployments and the gateway must not
+        time.sleep(2)
+        assert all(pid_alive(pid) for pid in before.values()) and pid_alive(gateway_pid)
+        watcher.start()
+        wait_for(lambda: watcher.endpoint_ready("Production", served_model.good[2]), 15, what="adopted")
+        time.sleep(1)
+    assert client.failed == 0 and client.sent > 100, client.codes
+    assert watcher.gateway_pid() == gateway_pid  # reused, not restarted
     assert {r["version"]: r["pid"] for r in watcher.records()} == before
-    assert watcher.invoke(model, "Production")[0] == 200
+    assert "reusing the running gateway" in watcher.log_tail(100)
 
 
 def test_tracking_server_outage_changes_nothing_that_serves(watcher, served_model, mlflow_server):
@@ -213,19 +222,19 @@ def test_webhook_signature_is_checked_and_wakes_the_watcher(tracking_uri, served
         body = '{"entity": "model_version_alias", "action": "created", "data": {"name": "x", "alias": "shadow", "version": "2"}}'
         stamp = str(int(time.time()))
         bad = {"X-MLflow-Delivery-Id": "d1", "X-MLflow-Timestamp": stamp, "X-MLflow-Signature": "v1,AAAA"}
-        status, _, reply = http_json("POST", slow.url + "/webhooks/mlflow", raw=body.encode(), headers=bad)
+        status, _, reply = http_json("POST", slow.watcher_url + "/webhooks/mlflow", raw=body.encode(), headers=bad)
         assert status == 401 and "signature does not match" in reply["error"]
         stale_stamp = str(int(time.time()) - 3600)
         stale = {"X-MLflow-Delivery-Id": "d2", "X-MLflow-Timestamp": stale_stamp,
                  "X-MLflow-Signature": _generate_hmac_signature(SECRET, "d2", stale_stamp, body)}
-        assert http_json("POST", slow.url + "/webhooks/mlflow", raw=body.encode(), headers=stale)[0] == 401
+        assert http_json("POST", slow.watcher_url + "/webhooks/mlflow", raw=body.encode(), headers=stale)[0] == 401
         time.sleep(1)
         assert "shadow" not in slow.endpoints()  # rejected deliveries woke nothing
 
         good = {"X-MLflow-Delivery-Id": "d3", "X-MLflow-Timestamp": stamp,
                 "X-MLflow-Signature": _generate_hmac_signature(SECRET, "d3", stamp, body)}
         sent = time.monotonic()
-        assert http_json("POST", slow.url + "/webhooks/mlflow", raw=body.encode(), headers=good)[0] == 200
+        assert http_json("POST", slow.watcher_url + "/webhooks/mlflow", raw=body.encode(), headers=good)[0] == 200
         wait_for(lambda: slow.endpoint_ready("shadow", v2), 2, interval=0.05)
         assert time.monotonic() - sent < 1.0
     finally:
@@ -241,13 +250,13 @@ def test_serve_status_shows_what_is_serving(watcher, served_model):
     from mlops_toolkit.cli import main
 
     runner = CliRunner()
-    table = runner.invoke(main, ["serve", "status", "--gateway", watcher.url])
+    table = runner.invoke(main, ["serve", "status", "--gateway-admin", watcher.admin_url])
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
     assert lines[0].split()[:4] == ["MODEL", "ALIAS", "VERSION", "STATE"]
     production = next(line for line in lines if " Production " in line)
     assert f"v{served_model.good[1]}" in production and " ready " in production
-    data = _json.loads(runner.invoke(main, ["serve", "status", "--gateway", watcher.url, "--json"]).stdout)
+    data = _json.loads(runner.invoke(main, ["serve", "status", "--gateway-admin", watcher.admin_url, "--json"]).stdout)
     assert {e["alias"] for e in data} >= {"Production", "challenger", "staging"}
 
 

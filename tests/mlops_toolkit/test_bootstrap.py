@@ -192,10 +192,11 @@ def gateway(airflow_stack, tracking_uri, tmp_path_factory) -> Iterator[Watcher]:
     watcher.stop()
 
 
-def _bootstrap(mlops_script, stack: AirflowStack, gateway_url: str, *args: str, timeout: float = 240,
+def _bootstrap(mlops_script, stack: AirflowStack, gateway: Watcher | None, *args: str, timeout: float = 240,
                password: str = PASSWORD, **env: str) -> subprocess.CompletedProcess:
+    urls = (gateway.url, gateway.admin_url) if gateway else ("http://127.0.0.1:9", "http://127.0.0.1:9")
     return mlops_script(
-        "bootstrap", "--airflow-url", stack.url, "--gateway", gateway_url, "--model", stack.model,
+        "bootstrap", "--airflow-url", stack.url, "--gateway", urls[0], "--gateway-admin", urls[1], "--model", stack.model,
         "--reset-experiments", ",".join(stack.experiments), "--timeout", str(timeout), *args,
         env={"AIRFLOW_PASSWORD": password, **env}, timeout=timeout + 60,
     )
@@ -220,7 +221,7 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
 def test_bootstrap_runs_the_dags_through_airflow_and_predicts_from_production(airflow_stack, gateway, mlops_script,
                                                                               mlflow_client):
     started = time.monotonic()
-    result = _bootstrap(mlops_script, airflow_stack, gateway.url)
+    result = _bootstrap(mlops_script, airflow_stack, gateway)
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr + "\n" + airflow_stack.logs()
     _assert_clean_output(result)
@@ -258,7 +259,7 @@ def test_bootstrap_reset_starts_the_model_and_experiments_afresh(airflow_stack, 
     before = mlflow_client.get_experiment_by_name(train_experiment)
     reset_started = int(time.time() * 1000)
     started = time.monotonic()
-    result = _bootstrap(mlops_script, airflow_stack, gateway.url, "--reset")
+    result = _bootstrap(mlops_script, airflow_stack, gateway, "--reset")
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr + "\n" + airflow_stack.logs()
     _assert_clean_output(result)
@@ -282,7 +283,7 @@ def test_bootstrap_reset_starts_the_model_and_experiments_afresh(airflow_stack, 
 @pytest.mark.slow
 def test_wrong_airflow_password_is_one_line_naming_the_url_and_401(airflow_stack, mlops_script, tracking_uri):
     started = time.monotonic()
-    result = _bootstrap(mlops_script, airflow_stack, "http://127.0.0.1:9", password="not-the-password",
+    result = _bootstrap(mlops_script, airflow_stack, None, password="not-the-password",
                         timeout=60)
     assert result.returncode == 1
     line = _one_error_line(result)

@@ -83,7 +83,9 @@ def _local_config(stack, directory: Path, prometheus_port: int) -> Path:
     closed = f"127.0.0.1:{free_port()}"
     hosts = {
         "localhost:9090": f"127.0.0.1:{prometheus_port}",
-        "mlflow-autoserve:8000": stack.watcher.url.removeprefix("http://"),
+        "autoserve-gateway:8000": stack.watcher.url.removeprefix("http://"),
+        "autoserve-gateway:8001": stack.watcher.admin_url.removeprefix("http://"),
+        "mlflow-autoserve:8002": stack.watcher.watcher_url.removeprefix("http://"),
         "mlflow:5000": stack.mlflow.uri.removeprefix("http://"),
         "pushgateway:9091": stack.pushgateway.url.removeprefix("http://"),
         "blackbox-exporter:9115": stack.blackbox.url.removeprefix("http://"),

@@ -22,7 +22,7 @@ from tests.conftest import PG_DSN, need, repo_root
 ROOT = repo_root()
 STACK = {
     "postgres", "postgres-init", "minio", "minio-init", "mlflow", "airflow-init", "airflow-apiserver",
-    "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "mlflow-autoserve", "serving-image",
+    "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "mlflow-autoserve", "autoserve-gateway", "serving-image",
     "prometheus", "pushgateway", "blackbox-exporter", "grafana", "loki", "promtail", "demo-bootstrap",
 }
 ONE_SHOT = {"postgres-init", "minio-init", "airflow-init", "serving-image", "demo-bootstrap"}
@@ -65,7 +65,7 @@ def test_start_order_waits_on_health_checks_and_init_jobs(config):
         assert waits(component)["airflow-init"] == "service_completed_successfully"
     assert waits("mlflow-autoserve") == {"mlflow": "service_healthy", "serving-image": "service_completed_successfully"}
     assert set(waits("demo-bootstrap").values()) == {"service_healthy"}
-    assert {"mlflow-autoserve", "airflow-apiserver", "airflow-scheduler"} <= set(waits("demo-bootstrap"))
+    assert {"mlflow-autoserve", "autoserve-gateway", "airflow-apiserver", "airflow-scheduler"} <= set(waits("demo-bootstrap"))
     # Everything a dependant waits on as healthy has a health check.
     for name, service in services.items():
         for dep, condition in waits(name).items():
@@ -79,7 +79,7 @@ def test_start_order_waits_on_health_checks_and_init_jobs(config):
 
 def test_every_host_port_binds_loopback_unless_configured(config):
     published = {name: s["ports"] for name, s in config["services"].items() if s.get("ports")}
-    assert {"mlflow", "mlflow-autoserve", "airflow-apiserver", "grafana", "prometheus"} <= set(published)
+    assert {"mlflow", "autoserve-gateway", "airflow-apiserver", "grafana", "prometheus"} <= set(published)
     for name, ports in published.items():
         for port in ports:
             text = port if isinstance(port, str) else f"{port.get('host_ip')}:{port['published']}:{port['target']}"
@@ -145,6 +145,24 @@ def test_autoserve_command_line_is_one_the_cli_accepts(config):
     context = autoserve.make_context("autoserve", list(args))
     assert context.params["docker_network"] == config["networks"]["default"]["name"]
     assert str(context.params["targets_file"]).startswith("/var/lib/autoserve/targets/")
+    assert context.params["no_gateway"] and context.params["leave_running"]
+
+
+def test_gateway_command_line_is_one_the_cli_accepts(config):
+    """The gateway service reads the route table the watcher writes into the shared volume."""
+    from mlops_autoserve.cli import gateway
+
+    service = config["services"]["autoserve-gateway"]
+    entry = service["entrypoint"]
+    assert entry[:2] == ["mlops", "gateway"]
+    context = gateway.make_context("gateway", list(entry[2:]))
+
+    def mounts(name: str) -> dict[str, tuple[str, str]]:  # target -> (source, mode); compose v1 gives strings
+        parts = [v.split(":") for v in config["services"][name]["volumes"]]
+        return {p[1]: (p[0], p[2] if len(p) > 2 else "rw") for p in parts}
+
+    watcher_source, _ = mounts("mlflow-autoserve")["/var/lib/autoserve"]
+    assert mounts("autoserve-gateway")[str(context.params["state_dir"])] == (watcher_source, "ro")
 
 
 def test_postgres_init_job_creates_the_databases_once(tmp_path):

@@ -1,4 +1,5 @@
-"""``mlops autoserve`` (run the watcher) and ``mlops serve status`` (what is serving)."""
+"""``mlops autoserve`` (the watcher, and its gateway), ``mlops gateway`` (the gateway alone)
+and ``mlops serve status`` (what is serving)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,71 @@ import click
 
 from mlops_toolkit import config
 from mlops_toolkit.cli.common import echo_json, echo_table, json_option, port_range_option, tracking_uri_option
-from mlops_toolkit.errors import MlopsError
+from mlops_toolkit.errors import MlopsError, TrackingUnavailableError, ValidationError
+
+from mlops_autoserve.settings import GatewaySettings
+
+_G = GatewaySettings()  # defaults live in the settings; the options show them
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
     return frozenset(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _gateway_options(fn):
+    """The gateway's listeners and limits: the same options on `mlops gateway` and `mlops autoserve`."""
+    options = [
+        click.option("--host", default=_G.host, show_default=True, help="Address of the gateway (and its admin port)."),
+        click.option("--port", type=click.IntRange(1, 65535), default=_G.port, show_default=True,
+                     help="Gateway port: /serve/{model}/{alias}/invocations, /health."),
+        click.option("--admin-port", type=click.IntRange(1, 65535), default=_G.admin_port, show_default=True,
+                     help="Gateway admin port: /endpoints, /inflight, /metrics, /health."),
+        click.option("--request-timeout", type=click.FloatRange(min=0.1), default=_G.request_timeout, show_default=True,
+                     help="Seconds a backend may take before the gateway answers 504."),
+        click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=_G.max_body_mb, show_default=True,
+                     help="Larger request bodies get 413 before they are read."),
+        click.option("--max-inflight", type=click.IntRange(min=1), default=_G.max_inflight, show_default=True,
+                     help="Requests in flight per route before 429 with Retry-After."),
+        click.option("--auth-token-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                     help="Require 'Authorization: Bearer <token>' on /serve; the token is this file's content."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _gateway_settings(state_dir: Path, host: str, port: int, admin_port: int, request_timeout: float,
+                      max_body_mb: float, max_inflight: int, auth_token_file: Path | None) -> GatewaySettings:
+    if port == admin_port:
+        raise ValidationError(f"--port and --admin-port must differ (both {port})")
+    return GatewaySettings(state_dir=state_dir, host=host, port=port, admin_host=host, admin_port=admin_port,
+                           request_timeout=request_timeout, max_body_mb=max_body_mb, max_inflight=max_inflight,
+                           auth_token=_read_token(auth_token_file) if auth_token_file else None)
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValidationError(f"cannot read --auth-token-file {path}: {exc.strerror or exc}") from None
+    if not token or any(c.isspace() for c in token):
+        raise ValidationError(f"--auth-token-file {path} must hold one token without spaces")
+    return token
+
+
+_state_dir_option = click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".mlops/autoserve"),
+                                 show_default=True, help="Deployment records, logs and the route table (routes.json).")
+
+
+@click.command()
+@_state_dir_option
+@_gateway_options
+def gateway(state_dir, host, port, admin_port, request_timeout, max_body_mb, max_inflight, auth_token_file) -> None:
+    """Serve the route table the watcher publishes in STATE_DIR, on its own (keeps serving without a watcher)."""
+    from mlops_autoserve import gateway as gateway_module
+
+    gateway_module.run(_gateway_settings(state_dir, host, port, admin_port, request_timeout, max_body_mb,
+                                         max_inflight, auth_token_file))
 
 
 @click.command()
@@ -32,8 +93,12 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> froze
 @click.option("--docker-publish", is_flag=True, help="Also publish each container's port on 127.0.0.1.")
 @click.option("--container-tracking-uri", metavar="URI", help="Tracking URI as containers see it (default: --tracking-uri).")
 @click.option("--instance", metavar="NAME", help="Owner label for containers (default: derived from --state-dir).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Gateway address.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Gateway port.")
+@_gateway_options
+@click.option("--watcher-port", type=click.IntRange(1, 65535), default=8002, show_default=True,
+              help="The watcher's own /health, /metrics and /webhooks/mlflow (on --host).")
+@click.option("--no-gateway", is_flag=True, help="Run the watcher alone; `mlops gateway` serves its route table.")
+@click.option("--gateway-admin-url", metavar="URL",
+              help="Gateway admin URL, asked for in-flight requests before a version stops (default: the one started here).")
 @port_range_option("18100-18999")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Uvicorn workers per deployment.")
 @click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv", "conda"]), default="local", show_default=True)
@@ -41,39 +106,58 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> froze
 @click.option("--no-smoke-test", is_flag=True, help="Route on /ping alone, without posting the saved input example.")
 @click.option("--webhook-secret", envvar="MLOPS_WEBHOOK_SECRET", metavar="SECRET", help="Verify webhook signatures ($MLOPS_WEBHOOK_SECRET).")
 @click.option("--register-webhook", is_flag=True, help="Create/update the registry webhook on the tracking server first.")
-@click.option("--webhook-url", metavar="URL", help="URL the tracking server calls (default: this gateway's /webhooks/mlflow).")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".mlops/autoserve"), show_default=True)
+@click.option("--webhook-url", metavar="URL", help="URL the tracking server calls (default: this watcher's /webhooks/mlflow).")
+@_state_dir_option
 @click.option("--targets-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write every serving endpoint's /ping as Prometheus file_sd JSON here (blackbox probes).")
-@click.option("--leave-running", is_flag=True, help="On exit keep deployments running for the next watcher to adopt.")
+@click.option("--leave-running", is_flag=True, help="On exit keep deployments and the gateway running for the next watcher.")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
-              container_tracking_uri, instance, host, port, port_range, workers, env_manager, ready_timeout,
-              no_smoke_test, webhook_secret, register_webhook, webhook_url, state_dir, targets_file, leave_running) -> None:
-    """Serve every registry alias with `mlflow models serve` and follow alias moves."""
+              container_tracking_uri, instance, host, port, admin_port, request_timeout, max_body_mb, max_inflight,
+              auth_token_file, watcher_port, no_gateway, gateway_admin_url, port_range, workers, env_manager,
+              ready_timeout, no_smoke_test, webhook_secret, register_webhook, webhook_url, state_dir, targets_file,
+              leave_running) -> None:
+    """Serve every registry alias with `mlflow models serve` and follow alias moves.
+
+    Starts (or reuses) the gateway as a process of its own, which keeps serving while the
+    watcher restarts; --no-gateway runs the watcher alone.
+    """
     from mlops_autoserve import service, webhook
+    from mlops_autoserve.gateway_process import GatewayProcess
     from mlops_autoserve.settings import AutoserveSettings
     from mlops_toolkit.connection import ensure_reachable
 
     if targets_file is not None:
         _check_writable(targets_file)
+    if watcher_port in (port, admin_port) and not no_gateway:
+        raise ValidationError(f"--watcher-port {watcher_port} is also a gateway port; pick another")
+    gateway_settings = _gateway_settings(state_dir, host, port, admin_port, request_timeout, max_body_mb,
+                                         max_inflight, auth_token_file)
+    gateway_process = None if no_gateway else GatewayProcess(gateway_settings, auth_token_file)
     tracking_uri = config.settings().tracking_uri
-    ensure_reachable(tracking_uri)
+    try:
+        ensure_reachable(tracking_uri)
+    except TrackingUnavailableError as exc:
+        if not str(exc).startswith("cannot reach"):
+            raise  # something answered, and it is not MLflow: a wrong URI, not an outage
+        click.echo(f"warning: {exc}; serving the last published routes and retrying", err=True)
     settings = AutoserveSettings(
         tracking_uri=tracking_uri, aliases=aliases, models=models, poll_interval=poll_interval,
-        strategy=strategy, runtime=runtime, gateway_host=host, gateway_port=port, port_range=port_range,
+        strategy=strategy, runtime=runtime, gateway_host=host, gateway_port=port,
+        gateway_admin_url=gateway_admin_url or (gateway_process.admin_url if gateway_process else None),
+        control_host=host, control_port=watcher_port, port_range=port_range,
         workers=workers, env_manager=env_manager, ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
         docker_image=docker_image, docker_network=docker_network, docker_publish=docker_publish,
         container_tracking_uri=container_tracking_uri, instance=instance, targets_file=targets_file,
     )
     if register_webhook:
-        url = webhook_url or f"http://{host}:{port}/webhooks/mlflow"
+        url = webhook_url or f"http://{host}:{watcher_port}/webhooks/mlflow"
         try:
             webhook_id = webhook.register(tracking_uri, url, settings.webhook_secret)
         except Exception as exc:
             raise MlopsError(f"could not register the webhook at {tracking_uri}: {exc}") from None
         click.echo(f"webhook {webhook_id} -> {url}", err=True)
-    service.run(settings)
+    service.run(settings, gateway_process)
 
 
 def _check_writable(path: Path) -> None:
@@ -95,8 +179,8 @@ def serve() -> None:
 
 
 @serve.command("status")
-@click.option("--gateway", envvar="MLOPS_GATEWAY_URL", default="http://127.0.0.1:8000", show_default=True,
-              metavar="URL", help="Autoserve gateway ($MLOPS_GATEWAY_URL).")
+@click.option("--gateway-admin", "gateway", envvar="MLOPS_GATEWAY_ADMIN_URL", default="http://127.0.0.1:8001",
+              show_default=True, metavar="URL", help="Gateway admin URL ($MLOPS_GATEWAY_ADMIN_URL).")
 @json_option
 def status(gateway: str, as_json: bool) -> None:
     """A table of every served (model, alias): version, state, direct URL, last error."""
@@ -129,4 +213,4 @@ def _wanted(endpoint: dict) -> str:
     return ""
 
 
-__all__ = ["autoserve", "serve"]
+__all__ = ["autoserve", "gateway", "serve"]

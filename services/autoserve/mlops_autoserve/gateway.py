@@ -1,15 +1,31 @@
-"""One stable port in front of every deployment: /serve/{model}/{alias}/invocations.
+"""The data plane: one stable port in front of every deployment, a process of its own.
 
-Payloads and content types pass through untouched; the backend's status and body come
-back with ``X-Model-Version``. Backend connections are pooled and kept alive (no
-per-request connection set-up), with TCP_NODELAY on both sides (aiohttp's default).
+``/serve/{model}/{alias}/invocations`` goes to a ready replica of the version the route
+table (published by the watcher, :mod:`routetable`) names. The gateway keeps serving the
+last table when no watcher runs, so a watcher crash or restart costs no request.
+
+What it holds against (each answer is JSON and counted in ``autoserve_requests_total``):
+
+* a body over ``max_body_mb``: 413 from the Content-Length header, before reading it;
+* too many requests in flight on one route: 429 with ``Retry-After``;
+* a backend that hangs: 504 after ``request_timeout``;
+* a refused or reset connection before any response byte: retried once on another
+  replica, or on the same one over a fresh connection when it is the only one (a
+  prediction has no side effects); a response that has started is never retried;
+* a replica that fails ``eject_after`` times in a row leaves the rotation until its
+  ``GET /ping`` answers again;
+* pooled backend connections kept alive 4 s, under uvicorn's 5 s, so none goes stale.
+
+Admin endpoints (``/endpoints``, ``/inflight``, ``/metrics``) listen on their own port.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import errno
+import itertools
 import logging
+import signal
 import time
 from datetime import datetime, timezone
 
@@ -17,85 +33,242 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mlops_autoserve import webhook
-from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.reconciler import Reconciler, Route
-from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.metrics import GatewayMetrics
+from mlops_autoserve.routetable import Replica, RouteEntry, TableFile, table_path
+from mlops_autoserve.settings import GatewaySettings
+from mlops_toolkit.errors import MlopsError, ValidationError
 
 log = logging.getLogger("autoserve.gateway")
 
 FORWARDED_HEADERS = ("Content-Type", "Accept")
+BACKEND_KEEPALIVE_S = 4.0  # mlflow models serve (uvicorn) closes idle connections after 5 s
+TABLE_POLL_S = 0.1
+PING_TIMEOUT_S = 1.0
 
 
-def error(status: int, message: str, **fields: object) -> web.Response:
-    return web.json_response({"error": message, **fields}, status=status)
+def error(status: int, message: str, headers: dict | None = None, **fields: object) -> web.Response:
+    return web.json_response({"error": message, **fields}, status=status, headers=headers)
+
+
+class _ReplicaState:
+    """What the gateway knows of one backend: in flight, failures in a row, ejected."""
+
+    __slots__ = ("inflight", "failures", "ejected_at")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.failures = 0
+        self.ejected_at: float | None = None
 
 
 class Gateway:
-    def __init__(self, settings: AutoserveSettings, reconciler: Reconciler, metrics: AutoserveMetrics) -> None:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
-        self.reconciler = reconciler
-        self.metrics = metrics
+        self.metrics = metrics or GatewayMetrics()
+        self.table = TableFile(table_path(settings.state_dir))
         self.session: aiohttp.ClientSession | None = None
-        self._counters: dict[tuple[str, str, str, str], object] = {}  # label children, cached off the hot path
+        self.replicas: dict[str, _ReplicaState] = {}  # by backend URL
+        self.route_inflight: dict[tuple[str, str], int] = {}
+        self.started = time.time()
+        self._rr = itertools.count()
+        self._counters: dict[tuple[str, str, str, str], object] = {}
         self._timers: dict[tuple[str, str], object] = {}
+        self._tasks: list[asyncio.Task] = []
 
+    # -- applications --------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024**3)
+        # client_max_size: a chunked body without Content-Length is cut off at the limit too.
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.add_routes([
             web.post("/serve/{model}/{alias}/invocations", self.invocations),
             web.get("/serve/{model}/{alias}/ping", self.ping),
-            web.get("/endpoints", self.endpoints),
             web.get("/health", self.health),
-            web.get("/metrics", self.metrics_page),
-            web.post("/webhooks/mlflow", self.webhook),
         ])
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
 
+    def admin_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.add_routes([
+            web.get("/endpoints", self.endpoints),
+            web.get("/inflight", self.inflight_page),
+            web.get("/health", self.health),
+            web.get("/metrics", self.metrics_page),
+        ])
+        return app
+
     async def _open(self, app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=60, force_close=False)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=BACKEND_KEEPALIVE_S)
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout, sock_connect=2),
         )
+        self.table.refresh()
+        self._tasks = [asyncio.create_task(self._follow_table()), asyncio.create_task(self._readmit())]
 
     async def _close(self, app: web.Application) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self.session is not None:
             await self.session.close()
 
-    # -- proxy ---------------------------------------------------------------------------
-    def _route(self, request: web.Request) -> Route | web.Response:
-        model, alias = request.match_info["model"], request.match_info["alias"]
-        route = self.reconciler.routes.get((model, alias))
-        if route is None:
-            return error(404, f"no endpoint for {model}@{alias}", model=model, alias=alias)
-        if route.deployment is None:
-            reason = route.last_error or f"version {route.desired_version} is {route.state}"
-            return error(503, "endpoint not ready", model=model, alias=alias, state=route.state, reason=reason)
-        return route
+    async def _follow_table(self) -> None:
+        while True:
+            if self.table.refresh():
+                table = self.table.table
+                live = {r.url for route in table.routes for r in route.replicas}
+                for url in list(self.replicas):
+                    if url not in live and self.replicas[url].inflight == 0:
+                        del self.replicas[url]
+                self.metrics.table_serial.set(table.serial)
+                log.info("route table loaded", extra={"serial": table.serial, "routes": len(table.routes)})
+            await asyncio.sleep(TABLE_POLL_S)
 
-    async def invocations(self, request: web.Request) -> web.Response:
+    async def _readmit(self) -> None:
+        """Ping ejected replicas; one good GET /ping puts a replica back in rotation."""
+        while True:
+            await asyncio.sleep(self.settings.readmit_interval)
+            for url, state in list(self.replicas.items()):
+                if state.ejected_at is None:
+                    continue
+                try:
+                    async with self.session.get(url + "/ping", timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT_S)) as r:
+                        ok = r.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    ok = False
+                if ok:
+                    state.ejected_at, state.failures = None, 0
+                    log.info("replica re-admitted", extra={"url": url})
+
+    # -- proxy ---------------------------------------------------------------------------
+    async def invocations(self, request: web.Request) -> web.StreamResponse:
         return await self._proxy(request, "POST", "/invocations")
 
-    async def ping(self, request: web.Request) -> web.Response:
+    async def ping(self, request: web.Request) -> web.StreamResponse:
         return await self._proxy(request, "GET", "/ping")
 
-    async def _proxy(self, request: web.Request, method: str, path: str) -> web.Response:
+    async def _proxy(self, request: web.Request, method: str, path: str) -> web.StreamResponse:
         started = time.perf_counter()
-        route = self._route(request)
-        if isinstance(route, web.Response):
-            return route
-        body = await request.read() if method == "POST" else None
-        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-        response = await self._send(route, method, path, body, headers)
+        model, alias = request.match_info["model"], request.match_info["alias"]
+        route = self.table.table.get(model, alias)
+        version = str(route.version) if route and route.version is not None else ""
+        response = await self._answer(request, method, path, model, alias, route)
         if path == "/invocations":
-            self._observe(route, response, time.perf_counter() - started)
+            self._observe(model, alias, response.headers.get("X-Model-Version", version), response.status,
+                          time.perf_counter() - started)
         return response
 
-    def _observe(self, route: Route, response: web.Response, seconds: float) -> None:
-        labels = (route.model, route.alias, response.headers.get("X-Model-Version", ""), str(response.status))
+    async def _answer(self, request: web.Request, method: str, path: str, model: str, alias: str,
+                      route: RouteEntry | None) -> web.Response:
+        problem = self._refuse(request, model, alias, route)
+        if problem is not None:
+            return problem
+        key = (model, alias)
+        self.route_inflight[key] = self.route_inflight.get(key, 0) + 1
+        try:
+            try:
+                body = await request.read() if method == "POST" else None
+            except web.HTTPRequestEntityTooLarge:
+                return error(413, f"request body over {self.settings.max_body_mb:g} MB", model=model, alias=alias)
+            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            return await self._send(route, method, path, body, headers)
+        finally:
+            self.route_inflight[key] -= 1
+
+    def _refuse(self, request: web.Request, model: str, alias: str, route: RouteEntry | None) -> web.Response | None:
+        """Every answer that needs no backend: auth, size, unknown route, not ready, full."""
+        token = self.settings.auth_token
+        if token is not None and request.headers.get("Authorization", "") != f"Bearer {token}":
+            return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        length = request.content_length
+        if length is not None and length > self.settings.max_body_bytes:
+            return error(413, f"request body over {self.settings.max_body_mb:g} MB", model=model, alias=alias)
+        if route is None:
+            return error(404, f"no endpoint for {model}@{alias}", model=model, alias=alias)
+        if route.version is None or not route.replicas:
+            reason = route.last_error or f"version {route.desired_version} is {route.state}"
+            return error(503, "endpoint not ready", model=model, alias=alias, state=route.state, reason=reason)
+        if self.route_inflight.get((model, alias), 0) >= self.settings.max_inflight:
+            return error(429, f"{model}@{alias} has {self.settings.max_inflight} requests in flight",
+                         headers={"Retry-After": "1"}, model=model, alias=alias)
+        return None
+
+    def _pick(self, route: RouteEntry, exclude: set[str]) -> Replica | None:
+        """Least outstanding requests among replicas in rotation; round robin on ties."""
+        candidates = [r for r in route.replicas if r.url not in exclude and self._state(r.url).ejected_at is None]
+        if not candidates:  # every replica ejected: try them anyway rather than fail outright
+            candidates = [r for r in route.replicas if r.url not in exclude]
+        if not candidates:
+            return None
+        start = next(self._rr) % len(candidates)
+        rotated = candidates[start:] + candidates[:start]
+        return min(rotated, key=lambda r: self._state(r.url).inflight)
+
+    def _state(self, url: str) -> _ReplicaState:
+        state = self.replicas.get(url)
+        if state is None:
+            state = self.replicas[url] = _ReplicaState()
+        return state
+
+    async def _send(self, route: RouteEntry, method: str, path: str, body: bytes | None, headers: dict) -> web.Response:
+        tried: set[str] = set()
+        last_problem = "no replica"
+        for _ in range(2):  # the first try and one retry on another replica
+            latest = self.table.table.get(route.model, route.alias) or route  # a switch may have happened
+            # Another replica if there is one; else the same one again on a fresh connection (a
+            # pooled connection to a backend that restarted on the same port fails this way).
+            replica = self._pick(latest, tried) or self._pick(latest, set())
+            if replica is None:
+                break
+            tried.add(replica.url)
+            state = self._state(replica.url)
+            state.inflight += 1
+            version = str(latest.version if replica in latest.replicas else route.version)
+            try:
+                async with self.session.request(method, replica.url + path, data=body, headers=headers) as resp:
+                    try:
+                        payload = await resp.read()
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # started: never retried
+                        self._failed(replica, exc)
+                        return self._bad_gateway(route, version, f"response cut off: {type(exc).__name__}")
+                    state.failures = 0
+                    out = {"X-Model-Version": version}
+                    if "Content-Type" in resp.headers:
+                        out["Content-Type"] = resp.headers["Content-Type"]
+                    return web.Response(status=resp.status, body=payload, headers=out)
+            except asyncio.TimeoutError:
+                self._failed(replica, "timeout")
+                return error(504, f"{route.model}@{route.alias} did not answer within {self.settings.request_timeout:g} s",
+                             headers={"X-Model-Version": version}, model=route.model, alias=route.alias, version=version)
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError) as exc:  # nothing came back: safe to try another replica
+                self._failed(replica, exc)
+                last_problem = f"{type(exc).__name__}: {exc}"
+                continue
+            except aiohttp.ClientError as exc:
+                self._failed(replica, exc)
+                return self._bad_gateway(route, version, f"{type(exc).__name__}: {exc}")
+            finally:
+                state.inflight -= 1
+        log.warning("backend unreachable", extra={"model": route.model, "alias": route.alias,
+                                                  "version": route.version, "error": last_problem})
+        return self._bad_gateway(route, str(route.version), "deployment unreachable")
+
+    def _failed(self, replica: Replica, problem: object) -> None:
+        state = self._state(replica.url)
+        state.failures += 1
+        if state.ejected_at is None and state.failures >= self.settings.eject_after:
+            state.ejected_at = time.time()
+            self.metrics.ejections_total.inc()
+            log.warning("replica ejected", extra={"url": replica.url, "failures": state.failures, "error": str(problem)})
+
+    def _bad_gateway(self, route: RouteEntry, version: str, reason: str) -> web.Response:
+        return error(502, f"deployment of {route.model}@{route.alias} is unreachable", headers={"X-Model-Version": version},
+                     model=route.model, alias=route.alias, version=version, reason=reason)
+
+    def _observe(self, model: str, alias: str, version: str, status: int, seconds: float) -> None:
+        labels = (model, alias, version, str(status))
         counter = self._counters.get(labels)
         if counter is None:
             counter = self._counters[labels] = self.metrics.requests_total.labels(*labels)
@@ -105,74 +278,86 @@ class Gateway:
             timer = self._timers[labels[:2]] = self.metrics.request_duration.labels(*labels[:2])
         timer.observe(seconds)
 
-    async def _send(self, route: Route, method: str, path: str, body: bytes | None, headers: dict) -> web.Response:
-        """Forward to the routed deployment; if it vanished mid-switch, retry once on the new route."""
-        for attempt in (1, 2):
-            deployment = route.deployment
-            inflight = self.reconciler.inflight
-            inflight[deployment.key] += 1
-            try:
-                async with self.session.request(method, deployment.url + path, data=body, headers=headers) as resp:
-                    payload = await resp.read()
-                    out_headers = {"X-Model-Version": str(deployment.key.version)}
-                    if "Content-Type" in resp.headers:
-                        out_headers["Content-Type"] = resp.headers["Content-Type"]
-                    return web.Response(status=resp.status, body=payload, headers=out_headers)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-                latest = self.reconciler.routes.get((route.model, route.alias))
-                if attempt == 1 and latest and latest.deployment and latest.deployment.ident != deployment.ident:
-                    route = latest
-                    continue
-                log.warning("backend unreachable", extra={"model": route.model, "alias": route.alias,
-                                                          "version": deployment.key.version, "error": str(exc)})
-                return error(502, f"deployment of {route.model}@{route.alias} is unreachable",
-                             model=route.model, alias=route.alias, version=deployment.key.version)
-            finally:
-                inflight[deployment.key] -= 1
-        raise AssertionError("unreachable")
-
     # -- operations ----------------------------------------------------------------------
     async def endpoints(self, request: web.Request) -> web.Response:
-        return web.json_response([endpoint_json(r) for r in self.reconciler.routes.values()])
+        return web.json_response([self.endpoint_json(r) for r in self.table.table.routes])
+
+    def endpoint_json(self, route: RouteEntry) -> dict:
+        replicas = [{"url": r.url, "index": r.index, "inflight": self._state(r.url).inflight,
+                     "state": "ejected" if self._state(r.url).ejected_at is not None else "ready"}
+                    for r in route.replicas]
+        return {
+            "model": route.model,
+            "alias": route.alias,
+            "version": route.version,
+            "desired_version": route.desired_version,
+            "state": route.state,
+            "url": route.replicas[0].url if route.replicas else None,
+            "replicas": replicas,
+            "ready_replicas": sum(1 for r in replicas if r["state"] == "ready"),
+            "since": datetime.fromtimestamp(route.since, tz=timezone.utc).isoformat(timespec="seconds"),
+            "last_error": route.last_error,
+        }
+
+    async def inflight_page(self, request: web.Request) -> web.Response:
+        """Requests in flight per backend URL: what the watcher waits on before stopping one."""
+        return web.json_response({url: s.inflight for url, s in self.replicas.items()})
 
     async def health(self, request: web.Request) -> web.Response:
-        age = time.time() - self.metrics.last_reconcile._value.get()  # noqa: SLF001 - our own gauge
-        fresh = age < max(30.0, 5 * self.settings.health_interval)
-        body = {"status": "ok" if fresh else "stale", "last_reconcile_age_s": round(age, 1),
-                "endpoints": len(self.reconciler.routes)}
-        return web.json_response(body, status=200 if fresh else 503)
+        table = self.table.table
+        body = {"status": "ok", "table_serial": table.serial, "routes": len(table.routes),
+                "table_age_s": round(time.time() - table.published_at, 1) if table.published_at else None,
+                "table_error": self.table.error}
+        return web.json_response(body)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         payload = generate_latest(self.metrics.registry)
         return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def webhook(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        if self.settings.webhook_secret:
-            problem = webhook.verify(self.settings.webhook_secret, request.headers, body, self.settings.webhook_max_age)
-            if problem:
-                log.warning("webhook rejected", extra={"reason": problem})
-                return error(401, f"webhook rejected: {problem}")
-        try:
-            event = json.loads(body or b"{}")
-        except ValueError:
-            return error(400, "webhook body is not JSON")
-        if not isinstance(event, dict):
-            return error(400, "webhook body must be a JSON object")
-        name = f"{event.get('entity')}.{event.get('action')}"
-        self.reconciler.wake(read_registry=True)
-        log.info("webhook received", extra={"event": name, "data": event.get("data")})
-        return web.json_response({"status": "accepted", "event": name})
+
+async def listen(app: web.Application, host: str, port: int, what: str, option: str) -> web.AppRunner:
+    """Start ``app`` on host:port; a taken port is a one-line error naming the option."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise ValidationError(f"{what} port {host}:{port} is already in use; pick another with {option}") from None
+        raise MlopsError(f"cannot listen on {host}:{port}: {exc}") from None
+    return runner
 
 
-def endpoint_json(route: Route) -> dict:
-    return {
-        "model": route.model,
-        "alias": route.alias,
-        "version": route.version,
-        "desired_version": route.desired_version,
-        "state": route.state,
-        "url": route.deployment.url if route.deployment else None,
-        "since": datetime.fromtimestamp(route.since, tz=timezone.utc).isoformat(timespec="seconds"),
-        "last_error": route.last_error,
-    }
+def run(settings: GatewaySettings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    from mlops_toolkit.jsonlog import configure_json_logging
+
+    configure_json_logging(service="gateway")
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: GatewaySettings) -> None:
+    gateway = Gateway(settings)
+    data = await listen(gateway.app(), settings.host, settings.port, "gateway", "--port")
+    try:
+        admin = await listen(gateway.admin_app(), settings.admin_host, settings.admin_port, "gateway admin", "--admin-port")
+    except BaseException:
+        await data.cleanup()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("gateway started", extra={
+        "url": f"http://{settings.host}:{settings.port}", "admin": f"http://{settings.admin_host}:{settings.admin_port}",
+        "routes_file": str(gateway.table.path), "table_serial": gateway.table.table.serial,
+        "request_timeout_s": settings.request_timeout, "max_body_mb": settings.max_body_mb,
+        "max_inflight": settings.max_inflight, "auth": settings.auth_token is not None,
+    })
+    try:
+        await stop.wait()
+    finally:
+        await admin.cleanup()
+        await data.cleanup()
+        log.info("gateway stopped")

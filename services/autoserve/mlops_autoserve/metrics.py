@@ -9,6 +9,8 @@ SWITCH_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300)
 
 
 class AutoserveMetrics:
+    """The watcher's metrics (control plane), on its own /metrics."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -33,14 +35,29 @@ class AutoserveMetrics:
             "autoserve_switch_duration_seconds", "Alias seen moved until the new version serves",
             registry=r, buckets=SWITCH_BUCKETS,
         )
+        self.last_reconcile = Gauge(
+            "autoserve_last_reconcile_timestamp_seconds", "Unix time of the last completed reconcile",
+            registry=r,
+        )
+
+
+class GatewayMetrics:
+    """The gateway's metrics (data plane), on its admin port's /metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
         self.requests_total = Counter(
-            "autoserve_requests", "Gateway requests", ["model", "alias", "version", "code"], registry=r
+            "autoserve_requests", "Gateway answers to /invocations, every status included",
+            ["model", "alias", "version", "code"], registry=r,
         )
         self.request_duration = Histogram(
             "autoserve_request_duration_seconds", "Gateway request latency", ["model", "alias"],
             registry=r, buckets=LATENCY_BUCKETS,
         )
-        self.last_reconcile = Gauge(
-            "autoserve_last_reconcile_timestamp_seconds", "Unix time of the last completed reconcile",
-            registry=r,
+        self.ejections_total = Counter(
+            "autoserve_replica_ejections", "Replicas taken out of rotation after consecutive failures", registry=r
+        )
+        self.table_serial = Gauge(
+            "autoserve_route_table_serial", "Serial of the route table the gateway serves", registry=r
         )

@@ -10,15 +10,19 @@ Every cycle reads observed state from the runtime (never from memory) and, every
 * a failed deploy leaves the old route alone and is retried with exponential back-off;
 * a registry outage keeps the last known desired state: nothing that serves is touched.
 
-Routes are published as an immutable mapping the gateway reads without locks.
+Routes are published as a versioned route table file (:mod:`routetable`) that the
+gateway, a process of its own, serves from. At start the last published table seeds both
+the previous routes (so a restart in the middle of a move stays blue/green) and, while
+the registry cannot be read, the desired state.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections import Counter
+import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -27,6 +31,7 @@ from types import MappingProxyType
 from mlops_autoserve.deployer import Deployer
 from mlops_autoserve.desired import RegistryReader, RouteKey
 from mlops_autoserve.metrics import AutoserveMetrics
+from mlops_autoserve.routetable import Replica, RouteEntry, RouteTable, TablePublisher, table_path
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.targets import TargetsFile
@@ -77,7 +82,10 @@ class Reconciler:
         self.metrics = metrics
         self.reader = reader or RegistryReader(settings, metrics)
         self.routes: MappingProxyType[RouteKey, Route] = MappingProxyType({})
-        self.inflight: Counter[DeploymentKey] = Counter()  # maintained by the gateway
+        self.publisher = TablePublisher(table_path(settings.state_dir))
+        self._seed: RouteTable | None = self.publisher.last  # what the previous watcher published
+        self.failing_since: float | None = None  # unix time cycles started failing
+        self.last_cycle_error: str | None = None
         self.stopping = threading.Event()
         self._deployer = Deployer(settings, runtime, self.stopping)
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="deploy")
@@ -120,6 +128,7 @@ class Reconciler:
                 self.runtime.stop(deployment)
             if self._targets is not None:
                 self._targets.write(())
+            self.publisher.publish(())
         self.routes = MappingProxyType({})
 
     def _loop(self) -> None:
@@ -137,12 +146,24 @@ class Reconciler:
             self._collect_finished_work()
             if not self._refresh_desired():
                 result = "registry_error"
+                if self._desired is None and self._seed is not None:
+                    # Registry down at start: keep serving what the last watcher published.
+                    self._desired = {(r.model, r.alias): r.desired_version for r in self._seed.routes}
+                    log.warning("registry unreachable at start; serving the last published routes",
+                                extra={"routes": len(self._desired), "table_serial": self._seed.serial})
             if self._desired is not None:
                 self._converge(self._desired)
-        except Exception:  # one bad cycle must never kill the loop
+        except Exception as exc:  # one bad cycle must never kill the loop
             result = "error"
+            self.last_cycle_error = one_line(exc)
             log.exception("reconcile failed")
         finally:
+            if result == "ok":
+                self.failing_since, self.last_cycle_error = None, None
+            elif self.failing_since is None:
+                self.failing_since = time.time()
+            if result == "registry_error":
+                self.last_cycle_error = "registry unreachable"
             self.cycles += 1
             self.metrics.reconcile_total.labels(result).inc()
             self.metrics.reconcile_duration.observe(time.perf_counter() - started)
@@ -178,6 +199,9 @@ class Reconciler:
         observed = self._observe()
         ready = {key for key, (_, health) in observed.items() if health is Health.READY}
         old_routes = self.routes
+        if not old_routes and self._seed is not None:
+            old_routes = self._routes_from_table(self._seed, observed)
+        self._seed = None
         new_routes: dict[RouteKey, Route] = {}
 
         for route_key, version in sorted(desired.items()):
@@ -204,10 +228,23 @@ class Reconciler:
             )
 
         self.routes = MappingProxyType(new_routes)
+        self.publisher.publish(tuple(_entry(r) for r in new_routes.values()))
         self._retire_unrouted(new_routes, observed, desired, now)
         self._publish_endpoint_metrics(new_routes)
         if self._targets is not None:
             self._targets.write(new_routes.values())
+
+    @staticmethod
+    def _routes_from_table(table: RouteTable, observed: dict) -> MappingProxyType:
+        """Previous routes as the last watcher published them, matched to what still runs."""
+        by_ident = {deployment.ident: deployment for deployment, _ in observed.values()}
+        routes = {}
+        for entry in table.routes:
+            deployment = next((by_ident[r.ident] for r in entry.replicas if r.ident in by_ident), None)
+            if deployment is not None:
+                routes[(entry.model, entry.alias)] = Route(entry.model, entry.alias, entry.desired_version, deployment,
+                                                           entry.state, entry.since, entry.last_error)
+        return MappingProxyType(routes)
 
     def _route_to(self, route_key: RouteKey, deployment: Deployment, current: Route | None) -> Route:
         model, alias = route_key
@@ -281,12 +318,23 @@ class Reconciler:
                 self._unrouted_since.pop(key, None)
                 continue
             since = self._unrouted_since.setdefault(key, now)
-            drained = self.inflight.get(key, 0) == 0
             grace = 0.0 if self.settings.strategy == "recreate" else self.settings.drain_seconds
-            if now - since >= grace and (drained or now - since >= grace + 30):
+            if now - since >= grace and (now - since >= grace + 30 or self._gateway_inflight(deployment) == 0):
                 self._unrouted_since.pop(key, None)
                 log.info("stopping unrouted deployment", extra=_fields(key))
                 self._stopping_keys[key] = self._executor.submit(self.runtime.stop, deployment)
+
+    def _gateway_inflight(self, deployment: Deployment) -> int:
+        """Requests the gateway still has in flight to ``deployment`` (0 when it cannot tell:
+        the drain grace period, and 30 s on top at most, bound the wait anyway)."""
+        url = self.settings.gateway_admin_url
+        if not url:
+            return 0
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/inflight", timeout=1) as response:  # noqa: S310
+                return int(json.loads(response.read()).get(deployment.url, 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0
 
     # -- deploy work ---------------------------------------------------------------------
     def _submit_deploy(self, key: DeploymentKey, desired: dict[RouteKey, int]) -> None:
@@ -356,6 +404,12 @@ class Reconciler:
         for route in routes.values():
             version = route.version if route.version is not None else route.desired_version
             gauge.labels(route.model, route.alias, str(version), route.state).set(1)
+
+
+def _entry(route: Route) -> RouteEntry:
+    replicas = (Replica(route.deployment.url, route.deployment.ident, 0),) if route.deployment else ()
+    return RouteEntry(route.model, route.alias, route.desired_version, route.version, route.state, route.since,
+                      route.last_error, replicas)
 
 
 def _fields(key: DeploymentKey) -> dict:

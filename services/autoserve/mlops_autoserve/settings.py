@@ -15,8 +15,11 @@ class AutoserveSettings:
     health_interval: float = 2.0  # runtime observation, seconds
     strategy: str = "blue-green"  # or "recreate"
     runtime: str = "process"
-    gateway_host: str = "127.0.0.1"
+    gateway_host: str = "127.0.0.1"  # where the gateway listens (webhook URL default, logs)
     gateway_port: int = 8000
+    gateway_admin_url: str | None = None  # asked for in-flight requests before a deployment stops
+    control_host: str = "127.0.0.1"  # the watcher's own /health, /metrics, /webhooks/mlflow
+    control_port: int = 8002
     serve_host: str = "127.0.0.1"
     port_range: tuple[int, int] = (18100, 18999)
     workers: int = 1  # FACTS: >1 uvicorn worker adds ~44 ms per keep-alive request here
@@ -39,3 +42,24 @@ class AutoserveSettings:
 
     def wants(self, model: str, alias: str) -> bool:
         return (not self.aliases or alias in self.aliases) and (not self.models or model in self.models)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The gateway process: where it listens and the limits that protect it."""
+
+    state_dir: Path = field(default_factory=lambda: Path(".mlops") / "autoserve")  # reads routes.json here
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8001  # /endpoints, /inflight, /metrics
+    request_timeout: float = 60.0  # then 504
+    max_body_mb: float = 64.0  # then 413, decided from Content-Length before reading
+    max_inflight: int = 256  # per route, then 429 with Retry-After
+    eject_after: int = 3  # consecutive failures take a replica out of rotation
+    readmit_interval: float = 1.0  # seconds between GET /ping of ejected replicas
+    auth_token: str | None = None  # bearer token required on /serve when set
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)

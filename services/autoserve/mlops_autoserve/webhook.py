@@ -23,20 +23,37 @@ def signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str
     return "v1," + base64.b64encode(digest).decode()
 
 
-def verify(secret: str, headers: Mapping[str, str], body: bytes, max_age: float, now: float | None = None) -> str | None:
-    """None when the delivery is authentic and fresh, else the reason to reject it."""
+def check_headers(headers: Mapping[str, str], max_age: float, now: float | None = None) -> str | None:
+    """None when the signature headers are present, well-formed and fresh, else why not.
+
+    Runs before the body is read: any malformed header is a rejection (401), never an error.
+    """
     delivery_id = headers.get("X-MLflow-Delivery-Id", "")
     timestamp = headers.get("X-MLflow-Timestamp", "")
     given = headers.get("X-MLflow-Signature", "")
     if not (delivery_id and timestamp and given):
         return "missing X-MLflow-Delivery-Id, X-MLflow-Timestamp or X-MLflow-Signature"
+    if len(delivery_id) > 200 or len(given) > 200:
+        return "signature header too long"
+    if not given.startswith("v1,"):
+        return "X-MLflow-Signature is not a v1 signature"
     try:
         age = abs((now or time.time()) - int(timestamp))
     except ValueError:
         return "X-MLflow-Timestamp is not a Unix timestamp"
     if age > max_age:
         return f"timestamp is {age:.0f} s old (limit {max_age:.0f} s)"
-    if not hmac.compare_digest(given, signature(secret, delivery_id, timestamp, body)):
+    return None
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes, max_age: float, now: float | None = None) -> str | None:
+    """None when the delivery is authentic and fresh, else the reason to reject it."""
+    problem = check_headers(headers, max_age, now)
+    if problem:
+        return problem
+    given = headers["X-MLflow-Signature"]
+    expected = signature(secret, headers["X-MLflow-Delivery-Id"], headers["X-MLflow-Timestamp"], body)
+    if not hmac.compare_digest(given.encode(errors="replace"), expected.encode()):
         return "signature does not match"
     return None
 

@@ -1,0 +1,147 @@
+"""Start the gateway as a process of its own, or reuse the one already running.
+
+``mlops autoserve`` brings everything up in one command, but the gateway must outlive the
+watcher: it runs in its own session (a watcher killed with -9 does not take it down) and
+is recorded in ``<state_dir>/gateway.json``. A restarted watcher finds it there and reuses
+it when it still answers with the same options; otherwise it is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+from mlops_autoserve.settings import GatewaySettings
+from mlops_toolkit.errors import MlopsError, ValidationError
+from mlops_toolkit.local_server import pid_running, port_is_open
+
+log = logging.getLogger("autoserve.gateway_process")
+
+RECORD = "gateway.json"
+START_TIMEOUT = 20.0
+
+
+class GatewayProcess:
+    def __init__(self, settings: GatewaySettings, auth_token_file: Path | None = None) -> None:
+        self.settings = settings
+        self.auth_token_file = auth_token_file
+        self.record_path = Path(settings.state_dir) / RECORD
+        self.log_path = Path(settings.state_dir) / "logs" / "gateway.log"
+        self.pid: int | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.settings.admin_host}:{self.settings.admin_port}"
+
+    def ensure(self) -> str:
+        """Reuse a running gateway with these options, else start one; 'reused' or 'started'."""
+        record = self._record()
+        if record and pid_running(record["pid"]) and _is_gateway(record["pid"]):
+            if record.get("options") == self._options() and _answers(self.admin_url):
+                self.pid = record["pid"]
+                log.info("reusing the running gateway", extra={"pid": self.pid, "admin": self.admin_url})
+                return "reused"
+            log.info("replacing a gateway started with other options", extra={"pid": record["pid"]})
+            _terminate(record["pid"])
+        for port, option in ((self.settings.port, "--port"), (self.settings.admin_port, "--admin-port")):
+            if port_is_open(self.settings.host, port):
+                raise ValidationError(f"gateway port {self.settings.host}:{port} is already in use; "
+                                      f"pick another with {option}")
+        self._start()
+        return "started"
+
+    def stop(self) -> None:
+        record = self._record()
+        pid = self.pid or (record or {}).get("pid")
+        if pid and pid_running(pid) and _is_gateway(pid):
+            _terminate(pid)
+        with contextlib.suppress(FileNotFoundError):
+            self.record_path.unlink()
+
+    def _start(self) -> None:
+        s = self.settings
+        command = [
+            sys.executable, "-m", "mlops_toolkit.cli", "gateway", "--state-dir", str(s.state_dir),
+            "--host", s.host, "--port", str(s.port), "--admin-port", str(s.admin_port),
+            "--request-timeout", str(s.request_timeout), "--max-body-mb", str(s.max_body_mb),
+            "--max-inflight", str(s.max_inflight),
+            *(["--auth-token-file", str(self.auth_token_file)] if self.auth_token_file else []),
+        ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise MlopsError(f"the gateway exited at start: {_last_line(self.log_path)}")
+            if _answers(self.admin_url):
+                break
+            time.sleep(0.1)
+        else:
+            _terminate(process.pid)
+            raise MlopsError(f"the gateway did not answer within {START_TIMEOUT:.0f} s; log: {self.log_path}")
+        self.pid = process.pid
+        partial = self.record_path.with_suffix(".partial")
+        partial.write_text(json.dumps({"pid": process.pid, "options": self._options()}))
+        partial.replace(self.record_path)
+        log.info("gateway started", extra={"pid": process.pid, "url": f"http://{s.host}:{s.port}",
+                                           "admin": self.admin_url})
+
+    def _options(self) -> dict:
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.settings).items() if k != "auth_token"}
+        options["auth_token_file"] = str(self.auth_token_file) if self.auth_token_file else None
+        return options
+
+    def _record(self) -> dict | None:
+        try:
+            return json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def _answers(admin_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{admin_url}/health", timeout=1) as response:  # noqa: S310
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _is_gateway(pid: int) -> bool:
+    """Is ``pid`` a gateway process (and not a recycled pid)?"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"gateway" in argv and b"mlops_toolkit.cli" in argv
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_running(pid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    if pid_running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"
