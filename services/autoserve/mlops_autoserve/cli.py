@@ -101,6 +101,10 @@ def gateway(state_dir, host, port, admin_port, request_timeout, max_body_mb, max
               help="Gateway admin URL, asked for in-flight requests before a version stops (default: the one started here).")
 @port_range_option("18100-18999")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Uvicorn workers per deployment.")
+@click.option("--replicas", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Replicas per served version (a model's tag mlops.autoserve.replicas overrides).")
+@click.option("--min-ready", type=click.IntRange(min=1), metavar="N",
+              help="Replicas that must answer before a route moves to a new version (default: all).")
 @click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv", "conda"]), default="local", show_default=True)
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True)
 @click.option("--no-smoke-test", is_flag=True, help="Route on /ping alone, without posting the saved input example.")
@@ -113,7 +117,7 @@ def gateway(state_dir, host, port, admin_port, request_timeout, max_body_mb, max
 @click.option("--leave-running", is_flag=True, help="On exit keep deployments and the gateway running for the next watcher.")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
               container_tracking_uri, instance, host, port, admin_port, request_timeout, max_body_mb, max_inflight,
-              auth_token_file, watcher_port, no_gateway, gateway_admin_url, port_range, workers, env_manager,
+              auth_token_file, watcher_port, no_gateway, gateway_admin_url, port_range, workers, replicas, min_ready, env_manager,
               ready_timeout, no_smoke_test, webhook_secret, register_webhook, webhook_url, state_dir, targets_file,
               leave_running) -> None:
     """Serve every registry alias with `mlflow models serve` and follow alias moves.
@@ -145,7 +149,8 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         strategy=strategy, runtime=runtime, gateway_host=host, gateway_port=port,
         gateway_admin_url=gateway_admin_url or (gateway_process.admin_url if gateway_process else None),
         control_host=host, control_port=watcher_port, port_range=port_range,
-        workers=workers, env_manager=env_manager, ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
+        workers=workers, replicas=replicas, min_ready=min_ready, env_manager=env_manager,
+        ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
         docker_image=docker_image, docker_network=docker_network, docker_publish=docker_publish,
         container_tracking_uri=container_tracking_uri, instance=instance, targets_file=targets_file,

@@ -25,10 +25,10 @@ class Deployer:
         self.runtime = runtime
         self.stopping = stopping
 
-    def deploy(self, key: DeploymentKey, aliases: tuple[str, ...] = ()) -> Deployment:
-        """Start ``key``, wait for GET /ping 200, smoke-test /invocations; stop it on failure."""
+    def deploy(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0) -> Deployment:
+        """Start a replica of ``key``, wait for GET /ping 200, smoke-test /invocations; stop it on failure."""
         try:
-            deployment = self.runtime.start(key, aliases)
+            deployment = self.runtime.start(key, aliases, replica)
         except Exception as exc:
             raise DeployError(f"{key}: could not start: {exc}") from exc
         try:

@@ -1,16 +1,31 @@
-"""Desired state: which version every served (model, alias) should route to.
+"""Desired state: which version every served (model, alias) should route to, and how many
+replicas each model wants.
 
-One paged ``search_registered_models`` call per cycle returns every alias of every model
-(FACTS), so the cost is one request per 1000 models whatever the number of aliases.
+One paged ``search_registered_models`` call per cycle returns every alias and every tag of
+every model (MLflow fills ``RegisteredModel.aliases`` and ``.tags`` in search results), so
+the cost is one request per 1000 models whatever the number of aliases.
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
 
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.registry import alias_map, iter_registered_models
 
+log = logging.getLogger("autoserve.desired")
+
 RouteKey = tuple[str, str]  # (model, alias)
+REPLICAS_TAG = "mlops.autoserve.replicas"  # registered-model tag: replicas of every served version
+MAX_REPLICAS = 32
+
+
+@dataclass(frozen=True)
+class Desired:
+    routes: dict[RouteKey, int] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)  # models whose tag overrides --replicas
 
 
 class RegistryReader:
@@ -20,12 +35,36 @@ class RegistryReader:
         self.settings = settings
         self.metrics = metrics
         self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        self._warned: set[tuple[str, str]] = set()
 
     def read(self) -> dict[RouteKey, int]:
         """``{(model, alias): version}`` for every alias this watcher serves."""
-        desired = {}
+        return self.read_state().routes
+
+    def read_state(self) -> Desired:
+        desired = Desired()
         for model in iter_registered_models(self.client, on_page=self.metrics.registry_requests.inc):
+            wanted = False
             for alias, version in alias_map(model).items():
                 if self.settings.wants(model.name, alias):
-                    desired[(model.name, alias)] = version
+                    desired.routes[(model.name, alias)] = version
+                    wanted = True
+            raw = (model.tags or {}).get(REPLICAS_TAG)
+            if wanted and raw is not None:
+                count = self._replicas(model.name, raw)
+                if count is not None:
+                    desired.replicas[model.name] = count
         return desired
+
+    def _replicas(self, model: str, raw: str) -> int | None:
+        try:
+            count = int(raw)
+            if not 1 <= count <= MAX_REPLICAS:
+                raise ValueError
+            return count
+        except ValueError:
+            if (model, raw) not in self._warned:  # once per bad value, not every cycle
+                self._warned.add((model, raw))
+                log.warning(f"ignoring tag {REPLICAS_TAG}={raw!r}: expected a whole number 1-{MAX_REPLICAS}",
+                            extra={"model": model})
+            return None

@@ -339,16 +339,16 @@ def run(settings: GatewaySettings) -> None:
 
 async def _serve(settings: GatewaySettings) -> None:
     gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     data = await listen(gateway.app(), settings.host, settings.port, "gateway", "--port")
     try:
         admin = await listen(gateway.admin_app(), settings.admin_host, settings.admin_port, "gateway admin", "--admin-port")
     except BaseException:
         await data.cleanup()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("gateway started", extra={
         "url": f"http://{settings.host}:{settings.port}", "admin": f"http://{settings.admin_host}:{settings.admin_port}",
         "routes_file": str(gateway.table.path), "table_serial": gateway.table.table.serial,

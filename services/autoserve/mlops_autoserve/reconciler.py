@@ -1,12 +1,15 @@
 """The control loop: make what runs match what the registry says, one level-triggered step at a time.
 
 Every cycle reads observed state from the runtime (never from memory) and, every
-``poll_interval`` or when woken by a webhook, desired state from the registry. Then:
+``poll_interval`` or when woken by a webhook, desired state from the registry. The
+decisions are a pure function (:mod:`planner`); this module gathers its inputs and carries
+out its plan:
 
-* an alias whose version runs and answers is routed to it at once (a route flip);
-* an alias whose version does not run gets a deployment started beside the old one
-  (blue/green); the route moves only once the new one passed /ping and its smoke test;
-* a deployment no route needs any more is drained, then stopped;
+* an alias whose version has its replicas ready is routed to them at once (a route flip);
+* missing replicas of a wanted version are started beside what serves (blue/green); the
+  route moves once ``min_ready`` of them passed /ping and their smoke test;
+* a deployment no route needs any more is drained (the gateway's in-flight count, or
+  time), then stopped;
 * a failed deploy leaves the old route alone and is retried with exponential back-off;
 * a registry outage keeps the last known desired state: nothing that serves is touched.
 
@@ -24,13 +27,15 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 
+from mlops_autoserve import planner
 from mlops_autoserve.deployer import Deployer
-from mlops_autoserve.desired import RegistryReader, RouteKey
+from mlops_autoserve.desired import Desired, RegistryReader, RouteKey
+from mlops_autoserve.health import HealthTracker, Verdict
 from mlops_autoserve.metrics import AutoserveMetrics
+from mlops_autoserve.planner import Failure, Route
 from mlops_autoserve.routetable import Replica, RouteEntry, RouteTable, TablePublisher, table_path
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
@@ -42,31 +47,9 @@ log = logging.getLogger("autoserve.reconciler")
 
 ERROR_TAG = "mlops.autoserve.error"
 REGISTRY_BACKOFF_MAX = 10.0  # seconds between registry reads while it is down: a failed read costs one request
+DRAIN_LIMIT = 30.0  # seconds past drain_seconds after which in-flight requests are not waited for
 
-
-@dataclass(frozen=True)
-class Route:
-    """What the gateway and /endpoints see for one (model, alias)."""
-
-    model: str
-    alias: str
-    desired_version: int
-    deployment: Deployment | None  # where traffic goes now (None: nothing ready)
-    state: str  # ready | starting | switching | failed | restarting
-    since: float  # unix time the current deployment took the route
-    last_error: str | None = None
-
-    @property
-    def version(self) -> int | None:
-        return self.deployment.key.version if self.deployment else None
-
-
-@dataclass
-class _Failure:
-    error: str
-    attempts: int
-    retry_at: float  # monotonic
-    tagged: bool = False  # written to the model version's ERROR_TAG
+__all__ = ["ERROR_TAG", "Reconciler", "Route"]
 
 
 class Reconciler:
@@ -88,18 +71,20 @@ class Reconciler:
         self.last_cycle_error: str | None = None
         self.stopping = threading.Event()
         self._deployer = Deployer(settings, runtime, self.stopping)
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="deploy")
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="deploy")
         self._wake = threading.Event()
         self._registry_due = True
-        self._desired: dict[RouteKey, int] | None = None
+        self._desired: Desired | None = None
         self._registry_failures = 0
         self._next_registry_read = 0.0
-        self._pending: dict[DeploymentKey, Future] = {}
-        self._stopping_keys: dict[DeploymentKey, Future] = {}
-        self._failures: dict[DeploymentKey, _Failure] = {}
-        self._unrouted_since: dict[DeploymentKey, float] = {}
+        self._pending: dict[tuple[DeploymentKey, int], Future] = {}
+        self._pending_aliases: dict[tuple[DeploymentKey, int], str] = {}  # metric label of each deploy
+        self._stopping: dict[str, Future] = {}  # by ident
+        self._failures: dict[DeploymentKey, Failure] = {}
+        self._unrouted_since: dict[str, float] = {}
         self._moved_seen: dict[RouteKey, tuple[int, float]] = {}
-        self._health_cache: dict[str, tuple[Health, float]] = {}
+        self._health = HealthTracker(settings.ping_failures, settings.liveness_window, settings.ready_timeout)
+        self._probed: dict[str, tuple[Verdict, float]] = {}  # ident -> (verdict, monotonic)
         self._thread: threading.Thread | None = None
         self._targets = TargetsFile(settings.targets_file) if settings.targets_file else None
         self.cycles = 0
@@ -123,12 +108,12 @@ class Reconciler:
             self._thread.join(timeout=30)
         self._executor.shutdown(wait=True, cancel_futures=True)
         if not self.settings.leave_running:
+            self.publisher.publish(())  # the gateway answers 404, not 502, from now on
             for deployment in self.runtime.list():
-                log.info("stopping on shutdown", extra=_fields(deployment.key))
+                log.info("stopping on shutdown", extra=_fields(deployment))
                 self.runtime.stop(deployment)
             if self._targets is not None:
                 self._targets.write(())
-            self.publisher.publish(())
         self.routes = MappingProxyType({})
 
     def _loop(self) -> None:
@@ -148,9 +133,9 @@ class Reconciler:
                 result = "registry_error"
                 if self._desired is None and self._seed is not None:
                     # Registry down at start: keep serving what the last watcher published.
-                    self._desired = {(r.model, r.alias): r.desired_version for r in self._seed.routes}
+                    self._desired = Desired({(r.model, r.alias): r.desired_version for r in self._seed.routes})
                     log.warning("registry unreachable at start; serving the last published routes",
-                                extra={"routes": len(self._desired), "table_serial": self._seed.serial})
+                                extra={"routes": len(self._desired.routes), "table_serial": self._seed.serial})
             if self._desired is not None:
                 self._converge(self._desired)
         except Exception as exc:  # one bad cycle must never kill the loop
@@ -175,7 +160,7 @@ class Reconciler:
             return True
         self._registry_due = False
         try:
-            desired = self.reader.read()
+            desired = self.reader.read_state()
         except Exception as exc:
             self._registry_failures += 1
             # One request per failed read: back off, but not so far that recovery waits minutes.
@@ -194,139 +179,109 @@ class Reconciler:
         self._desired = desired
         return True
 
-    def _converge(self, desired: dict[RouteKey, int]) -> None:
-        now = time.monotonic()
+    def _converge(self, desired: Desired) -> None:
         observed = self._observe()
-        ready = {key for key, (_, health) in observed.items() if health is Health.READY}
-        old_routes = self.routes
-        if not old_routes and self._seed is not None:
-            old_routes = self._routes_from_table(self._seed, observed)
+        previous = self.routes
+        if not previous and self._seed is not None:
+            previous = self._routes_from_table(self._seed, observed)
         self._seed = None
-        new_routes: dict[RouteKey, Route] = {}
-
-        for route_key, version in sorted(desired.items()):
-            model, alias = route_key
-            key = DeploymentKey(model, version)
-            current = old_routes.get(route_key)
-            if key in ready:
-                new_routes[route_key] = self._route_to(route_key, observed[key][0], current)
-                continue
-            # The wanted version is not serving. Blue/green keeps the old route while it still
-            # answers; recreate drops it at once (the old deployment is stopped, then replaced).
-            keep = current.deployment if current and current.deployment and current.deployment.key in ready else None
-            if self.settings.strategy == "recreate" and keep is not None and keep.key != key:
-                keep = None
-            if current and current.version is not None and current.version != version:
-                self._moved_seen.setdefault(route_key, (version, time.monotonic()))
-            failure = self._failures.get(key)
-            if key not in observed and key not in self._pending and not (failure and now < failure.retry_at):
-                self._submit_deploy(key, desired)
-            new_routes[route_key] = Route(
-                model, alias, version, keep, self._state(key, keep, current, failure),
-                since=current.since if current is not None and current.deployment == keep else time.time(),
-                last_error=failure.error if failure else None,
-            )
-
-        self.routes = MappingProxyType(new_routes)
-        self.publisher.publish(tuple(_entry(r) for r in new_routes.values()))
-        self._retire_unrouted(new_routes, observed, desired, now)
-        self._publish_endpoint_metrics(new_routes)
+        result = planner.plan(planner.Inputs(
+            desired=desired.routes, observed=observed, previous=previous, now=time.monotonic(), wall=time.time(),
+            replicas=desired.replicas, default_replicas=self.settings.replicas, min_ready=self.settings.min_ready,
+            pending=frozenset(self._pending), stopping=frozenset(self._stopping), failures=self._failures,
+            unrouted_since=self._unrouted_since, strategy=self.settings.strategy,
+            drain_seconds=self.settings.drain_seconds,
+        ))
+        for route_key, before, after in result.switched:
+            self._log_switch(route_key, before, after)
+        for route_key, route in result.routes.items():
+            current = previous.get(route_key)
+            if current is not None and current.version is not None and current.version != route.desired_version:
+                self._moved_seen.setdefault(route_key, (route.desired_version, time.monotonic()))
+        self.routes = MappingProxyType(result.routes)
+        self.publisher.publish(tuple(_entry(r) for r in result.routes.values()))
+        self._unrouted_since = result.unrouted_since
+        for key, replica, aliases in result.deploy:
+            self._submit_deploy(key, replica, aliases)
+        for deployment in result.retire:
+            self._retire(deployment)
+        self._publish_endpoint_metrics(result.routes)
         if self._targets is not None:
-            self._targets.write(new_routes.values())
+            self._targets.write(result.routes.values())
 
-    @staticmethod
-    def _routes_from_table(table: RouteTable, observed: dict) -> MappingProxyType:
-        """Previous routes as the last watcher published them, matched to what still runs."""
-        by_ident = {deployment.ident: deployment for deployment, _ in observed.values()}
-        routes = {}
-        for entry in table.routes:
-            deployment = next((by_ident[r.ident] for r in entry.replicas if r.ident in by_ident), None)
-            if deployment is not None:
-                routes[(entry.model, entry.alias)] = Route(entry.model, entry.alias, entry.desired_version, deployment,
-                                                           entry.state, entry.since, entry.last_error)
-        return MappingProxyType(routes)
-
-    def _route_to(self, route_key: RouteKey, deployment: Deployment, current: Route | None) -> Route:
+    def _log_switch(self, route_key: RouteKey, before: int | None, after: int) -> None:
         model, alias = route_key
-        if current is not None and current.deployment is not None and current.deployment.ident == deployment.ident:
-            return replace(current, desired_version=deployment.key.version, deployment=deployment, state="ready", last_error=None)
         seen = self._moved_seen.pop(route_key, None)
-        if current is not None and current.version is not None and current.version != deployment.key.version:
+        if before is not None and before != after:
             if seen is not None:
                 self.metrics.switch_duration.observe(time.monotonic() - seen[1])
-            log.info(
-                "route switched",
-                extra={"model": model, "alias": alias, "from_version": current.version, "version": deployment.key.version},
-            )
+            log.info("route switched", extra={"model": model, "alias": alias, "from_version": before, "version": after})
         else:
-            log.info("route ready", extra={"model": model, "alias": alias, "version": deployment.key.version})
-        return Route(model, alias, deployment.key.version, deployment, "ready", since=time.time())
+            log.info("route ready", extra={"model": model, "alias": alias, "version": after})
 
-    def _observe(self) -> dict[DeploymentKey, tuple[Deployment, Health]]:
-        """Observed state from the runtime; dead deployments are cleaned up and forgotten."""
-        observed = {}
+    @staticmethod
+    def _routes_from_table(table: RouteTable, observed: list[tuple[Deployment, bool]]) -> dict[RouteKey, Route]:
+        """Previous routes as the last watcher published them, matched to what still runs."""
+        by_ident = {deployment.ident: deployment for deployment, _ in observed}
+        routes = {}
+        for entry in table.routes:
+            deployments = tuple(by_ident[r.ident] for r in entry.replicas if r.ident in by_ident)
+            if deployments:
+                routes[(entry.model, entry.alias)] = Route(entry.model, entry.alias, entry.desired_version,
+                                                           deployments, entry.state, entry.since, entry.last_error)
+        return routes
+
+    def _observe(self) -> list[tuple[Deployment, bool]]:
+        """Observed state from the runtime: every live deployment and whether it is ready.
+        Dead ones (and ones past their liveness limits) are stopped here and restarted by the plan."""
+        now = time.monotonic()
+        observed = []
         deployments = self.runtime.list()
         alive = {d.ident for d in deployments}
-        for ident in list(self._health_cache):
+        self._health.forget(alive)
+        for ident in list(self._probed):
             if ident not in alive:
-                del self._health_cache[ident]
+                del self._probed[ident]
         for deployment in deployments:
-            key = deployment.key
-            if key in self._pending or key in self._stopping_keys:
-                observed[key] = (deployment, Health.STARTING)
+            if (deployment.key, deployment.replica) in self._pending or deployment.ident in self._stopping:
+                observed.append((deployment, False))
                 continue
-            health = self._health(deployment)
-            stuck = health is Health.STARTING and time.time() - deployment.started_at > self.settings.ready_timeout
-            if health is Health.DEAD or stuck:
-                reason = "deployment died" if health is Health.DEAD else "deployment never became ready"
-                log.warning(f"{reason}; it will be restarted", extra=_fields(key))
+            verdict, reason = self._verdict(deployment, now)
+            if verdict is Verdict.RESTART:
+                log.warning(f"{reason}; it will be restarted", extra=_fields(deployment))
                 self.runtime.stop(deployment)
-                self._note_failure(key, reason, first_retry_now=True)
+                self._note_failure(deployment.key, reason, first_retry_now=True)
                 continue
-            observed[key] = (deployment, health)
+            observed.append((deployment, verdict is Verdict.READY))
         return observed
 
-    def _health(self, deployment: Deployment) -> Health:
-        """Ping at most once per health interval while a deployment stays READY."""
-        now = time.monotonic()
-        cached = self._health_cache.get(deployment.ident)
-        if cached is not None and now - cached[1] < self.settings.health_interval:
-            return cached[0]
-        health = self.runtime.health(deployment)
-        if health is Health.READY:
-            self._health_cache[deployment.ident] = (health, now)
-        else:
-            self._health_cache.pop(deployment.ident, None)
-        return health
+    def _verdict(self, deployment: Deployment, now: float) -> tuple[Verdict, str]:
+        """Probe at most once per health interval while a deployment stays ready."""
+        cached = self._probed.get(deployment.ident)
+        if cached is not None and cached[0] is Verdict.READY and now - cached[1] < self.settings.health_interval:
+            return cached[0], ""
+        try:
+            probe = self.runtime.health(deployment)
+        except Exception as exc:  # noqa: BLE001 - could not check: unknown, never dead
+            log.warning("health check failed", extra={**_fields(deployment), "error": one_line(exc)})
+            probe = Health.UNKNOWN
+        verdict, reason = self._health.update(deployment.ident, probe, now, time.time() - deployment.started_at)
+        self._probed[deployment.ident] = (verdict, now)
+        return verdict, reason
 
-    def _state(self, key, keep, current, failure) -> str:
-        if failure and key not in self._pending:
-            return "failed"
-        if keep is not None:
-            return "switching"
-        if current is not None and current.deployment is not None and current.deployment.key == key:
-            return "restarting"
-        return "starting"
-
-    def _retire_unrouted(self, routes, observed, desired, now) -> None:
-        """Drain, then stop, deployments that no route needs any more."""
-        needed = {r.deployment.key for r in routes.values() if r.deployment} | {
-            DeploymentKey(m, v) for (m, _), v in desired.items()
-        }
-        for key, (deployment, _) in observed.items():
-            if key in needed or key in self._pending or key in self._stopping_keys:
-                self._unrouted_since.pop(key, None)
-                continue
-            since = self._unrouted_since.setdefault(key, now)
-            grace = 0.0 if self.settings.strategy == "recreate" else self.settings.drain_seconds
-            if now - since >= grace and (now - since >= grace + 30 or self._gateway_inflight(deployment) == 0):
-                self._unrouted_since.pop(key, None)
-                log.info("stopping unrouted deployment", extra=_fields(key))
-                self._stopping_keys[key] = self._executor.submit(self.runtime.stop, deployment)
+    def _retire(self, deployment: Deployment) -> None:
+        """Stop a deployment out of every route, once the gateway has no request in flight to it."""
+        since = self._unrouted_since.get(deployment.ident, time.monotonic())
+        waited = time.monotonic() - since
+        if waited < self.settings.drain_seconds + DRAIN_LIMIT and self._gateway_inflight(deployment) > 0:
+            return
+        self._unrouted_since.pop(deployment.ident, None)
+        log.info("stopping unrouted deployment", extra=_fields(deployment))
+        self._stopping[deployment.ident] = self._executor.submit(self.runtime.stop, deployment)
 
     def _gateway_inflight(self, deployment: Deployment) -> int:
         """Requests the gateway still has in flight to ``deployment`` (0 when it cannot tell:
-        the drain grace period, and 30 s on top at most, bound the wait anyway)."""
+        the drain grace period, and DRAIN_LIMIT on top at most, bound the wait anyway)."""
         url = self.settings.gateway_admin_url
         if not url:
             return 0
@@ -337,29 +292,28 @@ class Reconciler:
             return 0
 
     # -- deploy work ---------------------------------------------------------------------
-    def _submit_deploy(self, key: DeploymentKey, desired: dict[RouteKey, int]) -> None:
-        aliases = sorted(a for (m, a), v in desired.items() if m == key.model and v == key.version)
-        log.info("deploying", extra={**_fields(key), "aliases": aliases})
-        future = self._executor.submit(self._deployer.deploy, key, tuple(aliases))
-        future.aliases = ",".join(aliases)  # type: ignore[attr-defined]
+    def _submit_deploy(self, key: DeploymentKey, replica: int, aliases: tuple[str, ...]) -> None:
+        log.info("deploying", extra={**_fields(key), "replica": replica, "aliases": list(aliases)})
+        future = self._executor.submit(self._deployer.deploy, key, aliases, replica)
         future.add_done_callback(lambda _: self.wake(read_registry=False))
-        self._pending[key] = future
+        self._pending[(key, replica)] = future
+        self._pending_aliases[(key, replica)] = ",".join(aliases)
 
     def _collect_finished_work(self) -> None:
-        for key, future in list(self._stopping_keys.items()):
+        for ident, future in list(self._stopping.items()):
             if future.done():
-                del self._stopping_keys[key]
+                del self._stopping[ident]
                 if future.exception() is not None:
-                    log.error("stop failed", extra={**_fields(key), "error": one_line(future.exception())})
-        for key, future in list(self._pending.items()):
+                    log.error("stop failed", extra={"ident": ident, "error": one_line(future.exception())})
+        for (key, replica), future in list(self._pending.items()):
             if not future.done():
                 continue
-            del self._pending[key]
-            aliases = getattr(future, "aliases", "")
+            del self._pending[(key, replica)]
+            aliases = self._pending_aliases.pop((key, replica), "")
             error = future.exception() if not future.cancelled() else RuntimeError("cancelled")
             if error is None:
                 self.metrics.deploy_total.labels(key.model, aliases, "success").inc()
-                log.info("deployment ready", extra={**_fields(key), "aliases": aliases})
+                log.info("deployment ready", extra={**_fields(key), "replica": replica, "aliases": aliases})
                 cleared = self._failures.pop(key, None)
                 if cleared is not None and cleared.tagged:
                     self._tag_version(key, None)
@@ -368,19 +322,21 @@ class Reconciler:
                 failure = self._note_failure(key, one_line(error, 500))
                 log.error(
                     "deploy failed; the previous version keeps serving",
-                    extra={**_fields(key), "aliases": aliases, "error": failure.error,
+                    extra={**_fields(key), "replica": replica, "aliases": aliases, "error": failure.error,
                            "attempt": failure.attempts, "retry_in_s": round(failure.retry_at - time.monotonic(), 1)},
                 )
-                failure.tagged = self._tag_version(key, failure.error)
+                if not failure.tagged:
+                    self._failures[key] = Failure(failure.error, failure.attempts, failure.retry_at,
+                                                  tagged=self._tag_version(key, failure.error))
 
-    def _note_failure(self, key: DeploymentKey, error: str, first_retry_now: bool = False) -> _Failure:
-        """Exponential back-off per deployment: never a crash loop."""
+    def _note_failure(self, key: DeploymentKey, error: str, first_retry_now: bool = False) -> Failure:
+        """Exponential back-off per version: never a crash loop."""
         previous = self._failures.get(key)
         attempts = previous.attempts + 1 if previous else 1
         delay = min(self.settings.backoff_initial * 2 ** (attempts - 1), self.settings.backoff_max)
         if first_retry_now and attempts == 1:
             delay = 0.0
-        failure = _Failure(error, attempts, time.monotonic() + delay, tagged=bool(previous and previous.tagged))
+        failure = Failure(error, attempts, time.monotonic() + delay, tagged=bool(previous and previous.tagged))
         self._failures[key] = failure
         return failure
 
@@ -392,7 +348,8 @@ class Reconciler:
                 client.delete_model_version_tag(key.model, str(key.version), ERROR_TAG)
             else:
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                client.set_model_version_tag(key.model, str(key.version), ERROR_TAG, fit(f"{stamp} {error}", MODEL_VERSION_TAG_MAX))
+                client.set_model_version_tag(key.model, str(key.version), ERROR_TAG,
+                                             fit(f"{stamp} {error}", MODEL_VERSION_TAG_MAX))
             return True
         except Exception as exc:  # the registry may be down: the failure is in logs and metrics anyway
             log.warning("could not tag model version", extra={**_fields(key), "error": one_line(exc)})
@@ -407,10 +364,14 @@ class Reconciler:
 
 
 def _entry(route: Route) -> RouteEntry:
-    replicas = (Replica(route.deployment.url, route.deployment.ident, 0),) if route.deployment else ()
+    replicas = tuple(Replica(d.url, d.ident, d.replica) for d in route.deployments)
     return RouteEntry(route.model, route.alias, route.desired_version, route.version, route.state, route.since,
                       route.last_error, replicas)
 
 
-def _fields(key: DeploymentKey) -> dict:
-    return {"model": key.model, "version": key.version}
+def _fields(item: DeploymentKey | Deployment) -> dict:
+    key = item.key if isinstance(item, Deployment) else item
+    fields = {"model": key.model, "version": key.version}
+    if isinstance(item, Deployment):
+        fields["replica"] = item.replica
+    return fields

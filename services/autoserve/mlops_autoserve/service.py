@@ -39,6 +39,9 @@ def run(settings: AutoserveSettings, gateway: GatewayProcess | None = None) -> N
 async def _serve(settings: AutoserveSettings, reconciler: Reconciler, metrics: AutoserveMetrics,
                  gateway: GatewayProcess | None) -> None:
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()  # handlers first: a SIGTERM during start-up still shuts down cleanly
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     control = await listen(ControlApi(settings, reconciler, metrics).app(), settings.control_host,
                            settings.control_port, "watcher", "--watcher-port")
     if gateway is not None:
@@ -47,9 +50,6 @@ async def _serve(settings: AutoserveSettings, reconciler: Reconciler, metrics: A
         except BaseException:
             await control.cleanup()
             raise
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("autoserve started", extra={
         "gateway": f"http://{settings.gateway_host}:{settings.gateway_port}" if gateway else "external",
         "gateway_process": how if gateway is not None else None,

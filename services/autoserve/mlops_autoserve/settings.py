@@ -25,6 +25,10 @@ class AutoserveSettings:
     workers: int = 1  # FACTS: >1 uvicorn worker adds ~44 ms per keep-alive request here
     env_manager: str = "local"
     ready_timeout: float = 120.0
+    replicas: int = 1  # per version; the registered-model tag mlops.autoserve.replicas overrides
+    min_ready: int | None = None  # replicas that must answer before a route moves (None: all)
+    ping_failures: int = 3  # /ping failures in a row before a ready replica leaves the route
+    liveness_window: float = 30.0  # a once-ready replica failing every /ping this long is restarted
     smoke_test: bool = True
     drain_seconds: float = 2.0
     backoff_initial: float = 5.0

@@ -26,16 +26,16 @@ class _Routed(Protocol):
     def version(self) -> int | None: ...
 
     @property
-    def deployment(self): ...
+    def deployments(self) -> tuple: ...
 
 
 def file_sd_groups(routes: Iterable[_Routed]) -> list[dict]:
-    """One target group per routed (model, alias): its deployment's /ping URL plus labels."""
+    """One target group per routed (model, alias): every ready replica's /ping URL plus labels."""
     groups = [
-        {"targets": [f"{route.deployment.url}/ping"],
+        {"targets": [f"{d.url}/ping" for d in route.deployments],
          "labels": {"model": route.model, "alias": route.alias, "version": str(route.version)}}
         for route in routes
-        if route.deployment is not None
+        if route.deployments
     ]
     return sorted(groups, key=lambda g: (g["labels"]["model"], g["labels"]["alias"]))
 

@@ -29,35 +29,39 @@ class Deployment:
     url: str  # base URL: {url}/ping, {url}/invocations
     ident: str  # pid or container id
     started_at: float
+    replica: int = 0  # index among the version's replicas (names, records and labels carry it)
     details: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 class Health(enum.Enum):
     READY = "ready"
-    STARTING = "starting"
-    DEAD = "dead"
+    STARTING = "starting"  # alive, but GET /ping did not answer 200
+    DEAD = "dead"  # the process or container is gone: it can never answer again
+    UNKNOWN = "unknown"  # could not check (runtime API error): never treated as dead
 
 
 class Runtime(Protocol):
     def list(self) -> list[Deployment]:
         """Every deployment this runtime runs for autoserve, alive or starting."""
 
-    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = ()) -> Deployment:
-        """Start serving ``key`` (for ``aliases``, as a label); return at once: readiness is
-        polled with ``health``."""
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0) -> Deployment:
+        """Start replica ``replica`` of ``key`` (for ``aliases``, as a label); return at once:
+        readiness is polled with ``health``."""
 
     def health(self, deployment: Deployment) -> Health:
-        """READY when GET /ping answers 200, DEAD when it can never answer again."""
+        """READY when GET /ping answers 200, STARTING when it does not (yet), DEAD when the
+        process/container is gone, UNKNOWN when the runtime itself could not be asked."""
 
     def stop(self, deployment: Deployment) -> None:
         """Stop it and remove what it left behind; idempotent."""
 
 
-def slug(key: DeploymentKey) -> str:
-    """A file- and container-safe name for any model name (spaces, dots, unicode)."""
+def slug(key: DeploymentKey, replica: int = 0) -> str:
+    """A file- and container-safe name for any model name (spaces, dots, unicode); replica 0
+    keeps the name it had before replicas existed, so older deployments are still adopted."""
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", key.model).strip("-.")[:40] or "model"
     digest = hashlib.sha1(key.model.encode()).hexdigest()[:8]
-    return f"{readable}-{digest}-v{key.version}"
+    return f"{readable}-{digest}-v{key.version}" + (f"-r{replica}" if replica else "")
 
 
 def ping(url: str, timeout: float = PING_TIMEOUT) -> bool:

@@ -57,8 +57,8 @@ class DockerRuntime:
         )
         return [self._deployment(c) for c in containers]
 
-    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = ()) -> Deployment:
-        name = f"mlops-serve-{self.instance}-{slug(key)}"
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0) -> Deployment:
+        name = f"mlops-serve-{self.instance}-{slug(key, replica)}"
         self._remove_stale(name)
         with self._lock:
             port = self._free_port() if (self.host_network or self.settings.docker_publish) else 0
@@ -83,7 +83,8 @@ class DockerRuntime:
                 },
                 labels={
                     LABEL: "true", f"{LABEL}.instance": self.instance, "mlops.model": key.model,
-                    "mlops.version": str(key.version), "mlops.aliases": ",".join(aliases), "mlops.port": str(port),
+                    "mlops.version": str(key.version), "mlops.replica": str(replica),
+                    "mlops.aliases": ",".join(aliases), "mlops.port": str(port),
                     "mlops.started_at": f"{time.time():.3f}",
                 },
                 **options,
@@ -98,6 +99,8 @@ class DockerRuntime:
             container = self.client.containers.get(deployment.ident)
         except self.docker.errors.NotFound:
             return Health.DEAD
+        except (self.docker.errors.APIError, self.docker.errors.DockerException, OSError):
+            return Health.UNKNOWN  # the daemon did not answer: that says nothing about the container
         state = container.attrs.get("State", {})
         if state.get("Status") in ("exited", "dead", "removing") or container.attrs.get("RestartCount", 0) > 0:
             return Health.DEAD  # a restart means it crashed: replace it rather than wait
@@ -132,6 +135,7 @@ class DockerRuntime:
             url=url,
             ident=container.id,
             started_at=float(labels.get("mlops.started_at") or 0),
+            replica=int(labels.get("mlops.replica") or 0),
             details={"name": container.name, "port": port, "aliases": labels.get("mlops.aliases", "")},
         )
 

@@ -53,8 +53,8 @@ class ProcessRuntime:
                 self._clean_up(deployment)
         return deployments
 
-    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = ()) -> Deployment:
-        name = slug(key)
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0) -> Deployment:
+        name = slug(key, replica)
         with self._lock:
             port = self._free_port()
             self._reserved_ports.add(port)
@@ -83,7 +83,7 @@ class ProcessRuntime:
         record = {
             "model": key.model, "version": key.version, "pid": process.pid, "port": port,
             "url": f"http://{host}:{port}", "tmp_dir": str(tmp_dir), "log": str(log_path),
-            "started_at": time.time(), "aliases": list(aliases),
+            "started_at": time.time(), "aliases": list(aliases), "replica": replica,
         }
         path = self.records / f"{name}.json"
         partial = path.with_suffix(".partial")
@@ -163,6 +163,7 @@ def _deployment(record: dict, path: Path) -> Deployment:
         url=record["url"],
         ident=str(record["pid"]),
         started_at=float(record["started_at"]),
+        replica=int(record.get("replica", 0)),
         details={**record, "record": str(path)},
     )
 
