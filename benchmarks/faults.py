@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import mlops_toolkit as mt
-from benchmarks.support import LoadClient, ServingStack, Watcher, print_table, wait_for, write_json
+from benchmarks.support import (
+    LoadClient, ServingStack, Watcher, print_table, restart_docker_daemon, wait_for, write_json,
+)
 
 
 def recovery(client: LoadClient, since: float) -> float | None:
@@ -36,21 +36,6 @@ def recovery(client: LoadClient, since: float) -> float | None:
 
 def row(name: str, client: LoadClient, since: float, note: str = "") -> dict:
     return {"fault": name, "sent": client.sent, "failed": client.failed, "recovery_s": recovery(client, since), "note": note}
-
-
-def restart_docker_daemon() -> None:
-    """Stop and start the Docker engine; return once it answers again."""
-    if shutil.which("systemctl") and subprocess.run(["systemctl", "is-active", "--quiet", "docker"],
-                                                    capture_output=True).returncode == 0:
-        subprocess.run(["systemctl", "restart", "docker"], check=True)
-    else:
-        pid = int(subprocess.run(["pgrep", "-o", "-x", "dockerd"], capture_output=True, text=True, check=True).stdout)
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60, what="dockerd stopped")
-        log = open("/tmp/dockerd-restarted.log", "ab")
-        subprocess.Popen([a.decode() for a in argv], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0, 60, what="dockerd back")
 
 
 def docker_daemon_fault(stack: ServingStack, root: Path, image: str, version: int) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,6 +276,27 @@ def _answers(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def restart_docker_daemon() -> None:
+    """Stop and start the Docker engine; return once it answers again."""
+    if shutil.which("systemctl") and subprocess.run(["systemctl", "is-active", "--quiet", "docker"],
+                                                    capture_output=True).returncode == 0:
+        subprocess.run(["systemctl", "restart", "docker"], check=True)
+    else:
+        pid = int(subprocess.run(["pgrep", "-o", "-x", "dockerd"], capture_output=True, text=True, check=True).stdout)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60, what="dockerd stopped")
+        log = open("/tmp/dockerd-restarted.log", "ab")
+        subprocess.Popen([a.decode() for a in argv], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0, 60, what="dockerd back")
+
+
+def live_restore_enabled() -> bool:
+    """Does the running Docker daemon keep containers running while it restarts?"""
+    result = subprocess.run(["docker", "info", "--format", "{{.LiveRestoreEnabled}}"], capture_output=True, text=True)
+    return result.stdout.strip() == "true"
 
 
 class LoadClient:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
 import mlops_toolkit as mt
 from tests.conftest import need
-from tests.mlops_autoserve.support import Watcher, move_alias_under_load, wait_for
+from benchmarks.support import live_restore_enabled, restart_docker_daemon
+from tests.mlops_autoserve.support import LoadClient, Watcher, move_alias_under_load, wait_for
 
 pytestmark = pytest.mark.slow
 IMAGE = os.environ.get("MLOPS_TEST_SERVING_IMAGE", "mlops-toolkit/serving:latest")
@@ -113,6 +115,22 @@ def test_container_killed_from_outside_is_replaced(watcher, served_model, docker
     wait_for(lambda: watcher.endpoint_ready("dockerprod", v2) and v2 in _containers(docker_client, model)
              and _containers(docker_client, model)[v2].id != old.id, DEPLOY_TIMEOUT, what="replacement")
     assert watcher.invoke(model, "dockerprod")[0] == 200
+
+
+def test_daemon_restart_with_live_restore_costs_no_request(watcher, served_model, docker_client):
+    """With live-restore the containers keep serving while dockerd restarts; the watcher rides
+    out the unanswered API (cycles fail, nothing is restarted) and the gateway never notices."""
+    need(live_restore_enabled(), "the Docker daemon runs without live-restore (.ci/run enables it)")
+    model, v2 = served_model.name, served_model.good[1]
+    wait_for(lambda: watcher.endpoint_ready("dockerprod", v2), DEPLOY_TIMEOUT, what="dockerprod ready")
+    before = _containers(docker_client, model)[v2].id
+    with LoadClient(watcher.port, f"/serve/{model.replace(' ', '%20')}/dockerprod/invocations") as load:
+        wait_for(lambda: load.sent > 50, 10, what="load running")
+        restart_docker_daemon()
+        time.sleep(3)
+    assert load.failed == 0 and load.sent > 200, load.codes
+    assert _containers(docker_client, model)[v2].id == before  # the same container, never replaced
+    wait_for(lambda: watcher.endpoint_ready("dockerprod", v2), 20, what="watcher sees it again")
 
 
 def test_alias_delete_removes_the_container(watcher, served_model, docker_client):
