@@ -1,8 +1,10 @@
-"""Gateway overhead: one deployment called directly vs through the autoserve gateway.
+"""Gateway overhead and replicas: one deployment called directly, through the gateway with
+one replica, and through the gateway with two replicas.
 
-Same deployment, same client, same run, alternating, at concurrency 1, 8 and 32. The
-client, the gateway and the model server share the machine's cores, as they would on a
-small host. Goals (issue): >= 90% of direct throughput, < 1 ms added p50.
+Same model, same client, same run, one after the other, at concurrency 1, 8 and 32. The
+client, the gateway and the model servers share the machine's two cores, as they would on
+a small host: a second replica adds a process, not a core, so here it buys availability
+more than throughput. Goals: >= 90% of direct throughput, < 1 ms added p50.
 
     python -m benchmarks.bench_gateway [--seconds 10]
 """
@@ -37,26 +39,33 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     args = parser.parse_args()
 
+    levels = [int(c) for c in args.concurrency.split(",")]
+    cells: dict[str, dict[int, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=1) as stack:
         mt.set_alias(stack.model, "Production", stack.versions[0])
-        watcher = Watcher(stack.server.uri, Path(tmp) / "autoserve", [stack.model]).start()
-        try:
-            endpoint = wait_for(lambda: watcher.endpoint_ready("Production", stack.versions[0]), 120)
-            direct = endpoint["url"] + "/invocations"
-            gateway = f"{watcher.url}/serve/{stack.model}/Production/invocations"
-            rows, results = [], []
-            for concurrency in (int(c) for c in args.concurrency.split(",")):
-                d = measure(direct, concurrency, args.seconds)
-                g = measure(gateway, concurrency, args.seconds)
-                results.append({"concurrency": concurrency, "direct": d, "gateway": g})
-                rows.append([concurrency, f"{d['rps']:.0f}", f"{g['rps']:.0f}", f"{100 * g['rps'] / d['rps']:.0f}%",
-                             f"{d['p50_ms']:.2f}", f"{g['p50_ms']:.2f}", f"{g['p50_ms'] - d['p50_ms']:+.2f}",
-                             f"{d['p99_ms']:.2f}", f"{g['p99_ms']:.2f}", d["errors"] + g["errors"]])
-        finally:
-            watcher.stop()
-    print(f"\nGateway overhead, 1 deployment (1 worker), single-row requests, {args.seconds:.0f} s per cell")
-    print_table(["conc", "direct rps", "gateway rps", "ratio", "direct p50 ms", "gw p50 ms", "added p50",
-                 "direct p99 ms", "gw p99 ms", "errors"], rows)
+        for replicas in (1, 2):
+            watcher = Watcher(stack.server.uri, Path(tmp) / f"autoserve-{replicas}", [stack.model],
+                              "--replicas", str(replicas)).start()
+            try:
+                endpoint = wait_for(lambda: (e := watcher.endpoints().get("Production")) and e["state"] == "ready"
+                                    and e["ready_replicas"] == replicas and e, 180)
+                gateway = f"{watcher.url}/serve/{stack.model}/Production/invocations"
+                if replicas == 1:
+                    cells["direct"] = {c: measure(endpoint["url"] + "/invocations", c, args.seconds) for c in levels}
+                cells[f"gateway, {replicas} replica{'s' if replicas > 1 else ''}"] = {
+                    c: measure(gateway, c, args.seconds) for c in levels}
+            finally:
+                watcher.stop()
+    rows, results = [], []
+    for c in levels:
+        direct = cells["direct"][c]
+        for name, by_level in cells.items():
+            m = by_level[c]
+            results.append({"concurrency": c, "target": name, **m})
+            rows.append([c, name, f"{m['rps']:.0f}", f"{100 * m['rps'] / direct['rps']:.0f}%", f"{m['p50_ms']:.2f}",
+                         f"{m['p50_ms'] - direct['p50_ms']:+.2f}", f"{m['p99_ms']:.2f}", m["errors"]])
+    print(f"\nDirect vs gateway with 1 and 2 replicas (1 worker each), single-row requests, {args.seconds:.0f} s per cell")
+    print_table(["conc", "target", "rps", "vs direct", "p50 ms", "added p50", "p99 ms", "errors"], rows)
     print(f"written {write_json('bench_gateway', {'seconds': args.seconds, 'results': results})}")
 
 

@@ -34,7 +34,7 @@ def run_config(stack: ServingStack, root: Path, strategy: str, trigger: str, web
     runtime = "docker" if docker_image else "process"
     watcher = Watcher(stack.server.uri, root / f"{strategy}-{trigger}-{runtime}", [stack.model], *extra,
                       poll_interval=10.0, secret=SECRET if trigger == "webhook" else None,
-                      port=webhook_port if trigger == "webhook" else None).start()
+                      watcher_port=webhook_port if trigger == "webhook" else None).start()
     latencies, lost_closed, lost_rate = [], [], []
     try:
         wait_for(lambda: watcher.endpoint_ready("Production", stack.versions[0]), 120)

@@ -1,14 +1,16 @@
-"""Fault suite: what each failure costs clients of the gateway (and of a deployment directly).
+"""Fault suite: what each failure costs clients of the gateway.
 
-Each fault runs under a closed-loop client through the gateway; the watcher restart also
-runs one straight against the deployment. For every fault: requests sent, failed, and the
-time from the fault to the first good answer after it.
+Two replicas per version, a closed-loop client through the gateway (one request at a time,
+back to back). For every fault: requests sent, failed, and the time from the fault to the
+first good answer after the last failure.
 
-    python -m benchmarks.faults [--outage 60]
+    python -m benchmarks.faults [--outage 60] [--hang 30] [--request-timeout 5]
+                                [--docker-image IMAGE]
 
-With ``--docker-image IMAGE`` (see ``make images``) a fifth fault runs a Docker-runtime
-watcher and restarts the Docker daemon under load (root; systemd's ``docker`` service when
-it runs one, else the running ``dockerd`` is stopped and started again with its command line).
+With ``--docker-image IMAGE`` (see ``make images``) a Docker-runtime watcher also runs and
+the Docker daemon is restarted under load (root; systemd's ``docker`` service when it runs
+one, else the running ``dockerd`` is stopped and started again with its command line). The
+daemon should run with live-restore (``{"live-restore": true}`` in /etc/docker/daemon.json).
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
 
 import mlops_toolkit as mt
 from benchmarks.support import (
-    LoadClient, ServingStack, Watcher, print_table, restart_docker_daemon, wait_for, write_json,
+    LoadClient, ServingStack, Watcher, live_restore_enabled, print_table, restart_docker_daemon, wait_for, write_json,
 )
+
+REPLICAS = 2
 
 
 def recovery(client: LoadClient, since: float) -> float | None:
@@ -35,21 +40,69 @@ def recovery(client: LoadClient, since: float) -> float | None:
 
 
 def row(name: str, client: LoadClient, since: float, note: str = "") -> dict:
-    return {"fault": name, "sent": client.sent, "failed": client.failed, "recovery_s": recovery(client, since), "note": note}
+    codes = {c: n for c, n in client.codes.items() if c != "200"}
+    return {"fault": name, "sent": client.sent, "failed": client.failed, "recovery_s": recovery(client, since),
+            "note": note + (f" (failures: {codes})" if codes else "")}
+
+
+def replica_pids(watcher: Watcher, version: int) -> dict[int, int]:
+    return {r.get("replica", 0): r["pid"] for r in watcher.records() if r["version"] == version}
+
+
+def all_ready(watcher: Watcher, alias: str = "Production") -> bool:
+    endpoint = watcher.endpoints().get(alias)
+    return bool(endpoint) and endpoint["state"] == "ready" and endpoint["ready_replicas"] == REPLICAS
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def big_body(watcher: Watcher, path: str, megabytes: int = 200) -> dict:
+    """POST a body announced as ``megabytes`` MB; the gateway should refuse it before reading."""
+    pid = watcher.gateway_pid()
+    before = rss_kb(pid)
+    chunk = b"[" * (1024 * 1024)
+    sock = socket.create_connection(("127.0.0.1", watcher.port), timeout=30)
+    started = time.monotonic()
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {megabytes * 1024 * 1024}\r\n\r\n".encode())
+    sent = 0
+    sock.setblocking(False)
+    reply = b""
+    while time.monotonic() - started < 60 and not reply:  # keep sending until the gateway answers
+        try:
+            sent += sock.send(chunk)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            reply = sock.recv(4096)
+        except BlockingIOError:
+            time.sleep(0.001)
+    seconds = time.monotonic() - started
+    sock.close()
+    status = reply.split(b" ", 2)[1].decode() if reply.startswith(b"HTTP/") else "none"
+    return {"fault": f"{megabytes} MB body", "sent": 1, "failed": 0 if status == "413" else 1, "recovery_s": None,
+            "note": f"HTTP {status} after {seconds:.2f} s, {sent / 1e6:.0f} MB sent by then; gateway RSS "
+                    f"{before / 1024:.0f} -> {rss_kb(pid) / 1024:.0f} MB"}
 
 
 def docker_daemon_fault(stack: ServingStack, root: Path, image: str, version: int) -> dict:
     watcher = Watcher(stack.server.uri, root / "docker", [stack.model], "--runtime", "docker", "--docker-image", image,
-                      poll_interval=2.0).start()
+                      "--replicas", str(REPLICAS), poll_interval=2.0).start()
     try:
-        wait_for(lambda: watcher.endpoint_ready("Production", version), 120)
+        wait_for(lambda: all_ready(watcher), 180, what="docker replicas ready")
         with LoadClient(watcher.port, f"/serve/{stack.model}/Production/invocations") as load:
             time.sleep(2)
             restarted = time.monotonic()
             restart_docker_daemon()
-            wait_for(lambda: load.first_answer(version, time.monotonic() - 0.5), 180, what="serving again")
+            wait_for(lambda: all_ready(watcher), 180, what="serving again")
             time.sleep(2)
-        return row("Docker daemon restarted", load, restarted, "containers come back by policy or are replaced")
+        live = "live-restore on" if live_restore_enabled() else "live-restore OFF"
+        return row("Docker daemon restarted", load, restarted, f"{live}; containers kept running")
     finally:
         watcher.stop()
 
@@ -57,6 +110,8 @@ def docker_daemon_fault(stack: ServingStack, root: Path, image: str, version: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outage", type=float, default=60.0, help="Seconds the tracking server stays down.")
+    parser.add_argument("--hang", type=float, default=30.0, help="Seconds one replica stays SIGSTOPped.")
+    parser.add_argument("--request-timeout", type=float, default=5.0, help="The gateway's --request-timeout.")
     parser.add_argument("--docker-image", help="Serving image: also restart the Docker daemon under load.")
     args = parser.parse_args()
     results = []
@@ -67,24 +122,50 @@ def main() -> None:
         run = client.create_run(client.get_experiment_by_name("bench").experiment_id)
         broken = int(client.create_model_version(stack.model, source=f"{run.info.artifact_uri}/missing",
                                                  run_id=run.info.run_id).version)
-        good = stack.versions[0]
+        good, other = stack.versions
         mt.set_alias(stack.model, "Production", good)
-        watcher = Watcher(stack.server.uri, Path(tmp) / "autoserve", [stack.model], poll_interval=2.0).start()
+        watcher = Watcher(stack.server.uri, Path(tmp) / "autoserve", [stack.model], "--replicas", str(REPLICAS),
+                          "--request-timeout", str(args.request_timeout), poll_interval=2.0).start()
         path = f"/serve/{stack.model}/Production/invocations"
         try:
-            wait_for(lambda: watcher.endpoint_ready("Production", good), 120)
+            wait_for(lambda: all_ready(watcher), 180, what="two replicas ready")
 
-            # 1. a deployment killed under load
+            # 1. one replica killed under load
             with LoadClient(watcher.port, path) as load:
                 time.sleep(2)
-                pid = next(r["pid"] for r in watcher.records() if r["version"] == good)
                 killed = time.monotonic()
-                os.killpg(pid, signal.SIGKILL)
-                wait_for(lambda: watcher.endpoint_ready("Production", good) and load.first_answer(good, killed + 0.5), 120)
+                os.killpg(replica_pids(watcher, good)[1], signal.SIGKILL)
+                wait_for(lambda: all_ready(watcher), 120, what="replica restarted")
                 time.sleep(2)
-            results.append(row("deployment killed (kill -9)", load, killed, "single replica: down until restarted"))
+            results.append(row("one replica killed (kill -9)", load, killed, "the other replica answers; retried once"))
 
-            # 2. tracking server down under load
+            # 2. one replica hung (SIGSTOP) under load
+            pid = replica_pids(watcher, good)[0]
+            with LoadClient(watcher.port, path) as load:
+                time.sleep(2)
+                hung = time.monotonic()
+                os.killpg(pid, signal.SIGSTOP)
+                time.sleep(args.hang)
+                os.killpg(pid, signal.SIGCONT)
+                wait_for(lambda: all_ready(watcher), 60, what="re-admitted")
+                time.sleep(2)
+            results.append(row(f"one replica hung (SIGSTOP {args.hang:.0f} s)", load, hung,
+                               f"504 after {args.request_timeout:.0f} s for what was in flight, then ejected"))
+
+            # 3. the watcher killed, restarted 10 s later
+            with LoadClient(watcher.port, path) as load:
+                time.sleep(2)
+                killed = time.monotonic()
+                gateway_pid = watcher.gateway_pid()
+                watcher.stop(signal.SIGKILL)
+                time.sleep(10)
+                watcher.start()
+                wait_for(lambda: all_ready(watcher), 60, what="adopted")
+                time.sleep(2)
+            same = "gateway kept running, reused" if watcher.gateway_pid() == gateway_pid else "gateway was replaced"
+            results.append(row("watcher kill -9, restarted 10 s later", load, killed, same))
+
+            # 4. tracking server down under load
             with LoadClient(watcher.port, path) as load:
                 time.sleep(2)
                 down = time.monotonic()
@@ -96,7 +177,7 @@ def main() -> None:
             results.append({**row(f"tracking server down {args.outage:.0f} s", load, down),
                             "note": f"watcher re-read the registry {back:.1f} s after the server returned"})
 
-            # 3. a broken version promoted under load
+            # 5. a broken version promoted under load
             with LoadClient(watcher.port, path) as load:
                 time.sleep(2)
                 promoted = time.monotonic()
@@ -105,21 +186,18 @@ def main() -> None:
                 time.sleep(5)
             results.append(row("broken version promoted", load, promoted, "old version kept serving"))
             mt.set_alias(stack.model, "Production", good)
-            wait_for(lambda: watcher.endpoint_ready("Production", good), 60)
+            wait_for(lambda: all_ready(watcher), 60)
 
-            # 4. the watcher killed and restarted under load (gateway lives in the watcher)
-            direct = watcher.endpoints()["Production"]["url"]
-            direct_port = int(direct.rsplit(":", 1)[1])
-            with LoadClient(watcher.port, path) as load, LoadClient(direct_port, "/invocations") as straight:
+            # 6. an alias move (blue/green to two new replicas) under load
+            with LoadClient(watcher.port, path) as load:
                 time.sleep(2)
-                killed = time.monotonic()
-                watcher.stop(signal.SIGKILL)
-                time.sleep(1)
-                watcher.start()
-                wait_for(lambda: watcher.endpoint_ready("Production", good), 60)
-                time.sleep(2)
-            results.append(row("watcher killed + restarted (gateway)", load, killed, "gateway is down while the watcher is"))
-            results.append(row("watcher killed + restarted (direct)", straight, killed, "deployment untouched, adopted"))
+                moved = time.monotonic()
+                mt.set_alias(stack.model, "Production", other)
+                wait_for(lambda: load.versions.get(str(other), 0) > 20, 180, what=f"v{other} answering")
+            results.append(row("alias move (blue/green)", load, moved, "route moves once both new replicas answer"))
+
+            # 7. a 200 MB body
+            results.append(big_body(watcher, path))
         finally:
             watcher.stop()
         if args.docker_image:
@@ -127,11 +205,11 @@ def main() -> None:
     if not args.docker_image:
         results.append({"fault": "Docker daemon restarted", "sent": None, "failed": None, "recovery_s": None,
                         "note": "not run: pass --docker-image"})
-    print("\nFault suite (closed-loop client through the gateway unless noted)")
+    print(f"\nFault suite ({REPLICAS} replicas; closed-loop client through the gateway)")
     print_table(["fault", "sent", "failed", "recovery s", "note"],
                 [[r["fault"], r["sent"] if r["sent"] is not None else "-", r["failed"] if r["failed"] is not None else "-",
                   f"{r['recovery_s']:.1f}" if r["recovery_s"] is not None else "-", r["note"]] for r in results])
-    print(f"written {write_json('faults', {'outage_s': args.outage, 'results': results})}")
+    print(f"written {write_json('faults', {'outage_s': args.outage, 'replicas': REPLICAS, 'results': results})}")
 
 
 if __name__ == "__main__":

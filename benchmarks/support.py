@@ -173,11 +173,12 @@ class Watcher:
     watcher), port range and state; the gateway it starts is a process of its own."""
 
     def __init__(self, tracking_uri: str, state_dir: Path, models: list[str], *extra: str,
-                 poll_interval: float = 0.5, secret: str | None = None, port: int | None = None) -> None:
+                 poll_interval: float = 0.5, secret: str | None = None, port: int | None = None,
+                 watcher_port: int | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.state_dir = state_dir
         self.port = port or free_port()
-        self.admin_port, self.watcher_port = free_port(), free_port()
+        self.admin_port, self.watcher_port = free_port(), watcher_port or free_port()
         base = 20000 + (os.getpid() * 7 + self.port) % 9000
         self.args = [
             "autoserve", "--tracking-uri", tracking_uri, "--models", ",".join(models),

@@ -188,7 +188,7 @@ def serve() -> None:
               show_default=True, metavar="URL", help="Gateway admin URL ($MLOPS_GATEWAY_ADMIN_URL).")
 @json_option
 def status(gateway: str, as_json: bool) -> None:
-    """A table of every served (model, alias): version, state, direct URL, last error."""
+    """A table of every served (model, alias): version, state, ready/routed replicas, direct URL, last error."""
     url = gateway.rstrip("/") + "/endpoints"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
@@ -201,8 +201,9 @@ def status(gateway: str, as_json: bool) -> None:
         echo_json(endpoints)
         return
     echo_table(
-        ["MODEL", "ALIAS", "VERSION", "STATE", "URL", "SINCE", "LAST ERROR"],
-        [(e["model"], e["alias"], _v(e["version"]), e["state"] + _wanted(e), e["url"] or "-", e["since"],
+        ["MODEL", "ALIAS", "VERSION", "STATE", "REPLICAS", "URL", "SINCE", "LAST ERROR"],
+        [(e["model"], e["alias"], _v(e["version"]), e["state"] + _wanted(e),
+          f"{e.get('ready_replicas', 0)}/{len(e.get('replicas', []))}", e["url"] or "-", e["since"],
           e["last_error"] or "") for e in endpoints],
         "nothing is being served",
     )

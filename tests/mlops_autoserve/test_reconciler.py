@@ -1,0 +1,117 @@
+"""The reconciler around the planner, with an in-memory runtime and registry (milliseconds):
+what a restarted watcher does with the route table the previous one left on disk.
+
+The real thing (processes, MLflow) is exercised end to end in test_watcher.py; these cases
+are the ones that need a registry outage or a crash at an exact moment.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlops_autoserve.desired import Desired
+from mlops_autoserve.metrics import AutoserveMetrics
+from mlops_autoserve.reconciler import Reconciler
+from mlops_autoserve.routetable import Replica, RouteEntry, TablePublisher, read, table_path
+from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health
+from mlops_autoserve.settings import AutoserveSettings
+
+M = "iris"
+
+
+class FakeRuntime:
+    """Deployments in a dict; health as the test sets it; records every start and stop."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, Deployment] = {}
+        self.health_of: dict[str, Health] = {}
+        self.started: list[tuple[DeploymentKey, int]] = []
+        self.stopped: list[str] = []
+
+    def add(self, ident: str, version: int, health: Health = Health.READY, replica: int = 0) -> Deployment:
+        deployment = Deployment(DeploymentKey(M, version), f"http://127.0.0.1:{18000 + len(self.running)}", ident,
+                                time.time(), replica)
+        self.running[ident], self.health_of[ident] = deployment, health
+        return deployment
+
+    def list(self) -> list[Deployment]:
+        return list(self.running.values())
+
+    def start(self, key, aliases=(), replica=0) -> Deployment:
+        self.started.append((key, replica))
+        return self.add(f"new-{key.version}-{replica}", key.version, Health.STARTING, replica)
+
+    def health(self, deployment) -> Health:
+        return self.health_of.get(deployment.ident, Health.DEAD)
+
+    def stop(self, deployment) -> None:
+        self.stopped.append(deployment.ident)
+        self.running.pop(deployment.ident, None)
+
+
+class FakeReader:
+    def __init__(self, desired: Desired | None) -> None:
+        self.desired = desired
+        self.client = None
+
+    def read_state(self) -> Desired:
+        if self.desired is None:
+            raise ConnectionError("tracking server unreachable")
+        return self.desired
+
+
+def _reconciler(tmp_path, runtime, reader, **settings) -> Reconciler:
+    config = AutoserveSettings(tracking_uri="http://127.0.0.1:9", state_dir=tmp_path, smoke_test=False,
+                               drain_seconds=0.0, **settings)
+    return Reconciler(config, runtime, AutoserveMetrics(), reader=reader)
+
+
+def _publish(tmp_path, *entries: RouteEntry) -> None:
+    TablePublisher(table_path(tmp_path)).publish(entries)
+
+
+def test_registry_down_at_start_serves_the_last_published_routes(tmp_path):
+    runtime = FakeRuntime()
+    runtime.add("a", 1)
+    _publish(tmp_path, RouteEntry(M, "Production", 1, 1, "ready", 5.0, None, (Replica("http://x", "a"),)))
+    reconciler = _reconciler(tmp_path, runtime, FakeReader(None))
+    reconciler.reconcile_once()
+    table = read(table_path(tmp_path))
+    route = table.get(M, "Production")
+    assert (route.version, route.state, [r.ident for r in route.replicas]) == (1, "ready", ["a"])
+    assert route.since == 5.0  # carried over, not a new switch
+    assert runtime.stopped == [] and runtime.started == []
+    assert reconciler.last_cycle_error == "registry unreachable"
+
+
+def test_restart_in_the_middle_of_a_move_keeps_the_old_version_routed(tmp_path):
+    runtime = FakeRuntime()
+    runtime.add("old", 1)
+    runtime.add("new", 2, Health.STARTING)
+    _publish(tmp_path, RouteEntry(M, "Production", 2, 1, "switching", 5.0, None, (Replica("http://x", "old"),)))
+    reconciler = _reconciler(tmp_path, runtime, FakeReader(Desired({(M, "Production"): 2})))
+    reconciler.reconcile_once()
+    route = read(table_path(tmp_path)).get(M, "Production")
+    assert (route.version, route.state) == (1, "switching")  # blue/green, not recreate
+    assert runtime.stopped == [] and runtime.started == []  # the new one is already starting
+    runtime.health_of["new"] = Health.READY
+    reconciler.reconcile_once()
+    route = read(table_path(tmp_path)).get(M, "Production")
+    assert (route.version, route.state, [r.ident for r in route.replicas]) == (2, "ready", ["new"])
+    reconciler.reconcile_once()  # drain_seconds=0: the old one is retired (stopped on the pool)
+    for stopping in list(reconciler._stopping.values()):
+        stopping.result(5)
+    assert runtime.stopped == ["old"]
+
+
+def test_a_table_serial_only_grows_and_unchanged_routes_are_not_rewritten(tmp_path):
+    runtime = FakeRuntime()
+    runtime.add("a", 1)
+    reconciler = _reconciler(tmp_path, runtime, FakeReader(Desired({(M, "Production"): 1})))
+    reconciler.reconcile_once()
+    first = read(table_path(tmp_path))
+    reconciler.reconcile_once()
+    assert read(table_path(tmp_path)) == first
+    again = _reconciler(tmp_path, runtime, FakeReader(Desired({(M, "Production"): 1, (M, "challenger"): 1})))
+    again.reconcile_once()
+    assert read(table_path(tmp_path)).serial == first.serial + 1
