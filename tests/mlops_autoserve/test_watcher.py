@@ -233,6 +233,10 @@ def test_webhook_signature_is_checked_and_wakes_the_watcher(tracking_uri, served
 
         good = {"X-MLflow-Delivery-Id": "d3", "X-MLflow-Timestamp": stamp,
                 "X-MLflow-Signature": _generate_hmac_signature(SECRET, "d3", stamp, body)}
+        malformed = {**good, "X-MLflow-Timestamp": "not-a-time"}
+        status, _, reply = http_json("POST", slow.watcher_url + "/webhooks/mlflow", raw=body.encode(), headers=malformed)
+        assert status == 401 and "Unix timestamp" in reply["error"]
+        assert http_json("POST", slow.watcher_url + "/webhooks/mlflow", raw=b"x" * 70_000, headers=good)[0] == 413
         sent = time.monotonic()
         assert http_json("POST", slow.watcher_url + "/webhooks/mlflow", raw=body.encode(), headers=good)[0] == 200
         wait_for(lambda: slow.endpoint_ready("shadow", v2), 2, interval=0.05)

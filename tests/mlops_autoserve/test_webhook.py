@@ -41,3 +41,21 @@ def test_register_creates_then_updates_one_webhook(tracking_uri, mlflow_client):
     mine = [w for w in mlflow_client.list_webhooks() if w.name == webhook.WEBHOOK_NAME]
     assert len(mine) == 1 and mine[0].url == "http://127.0.0.1:8001/webhooks/mlflow"
     assert sorted(str(e) for e in mine[0].events) == sorted(webhook.ALIAS_EVENTS)
+
+
+def test_malformed_headers_are_rejected_before_the_body_is_read():
+    """check_headers runs before the body is read: every malformed header is a reason, never an error."""
+    now = int(time.time())
+    good = _headers("s3cret", now)
+    assert webhook.check_headers(good, 300) is None
+    cases = {
+        "missing": {},
+        "not a number": {**good, "X-MLflow-Timestamp": "yesterday"},
+        "no v1 prefix": {**good, "X-MLflow-Signature": "sha256=abc"},
+        "huge id": {**good, "X-MLflow-Delivery-Id": "x" * 5000},
+        "stale": {**good, "X-MLflow-Timestamp": str(now - 3600)},
+        "unicode": {**good, "X-MLflow-Signature": "v1,\u00e9\u00e9"},
+    }
+    for name, headers in cases.items():
+        problem = webhook.check_headers(headers, 300) if name != "unicode" else webhook.verify("s3cret", headers, BODY, 300)
+        assert isinstance(problem, str) and problem, name

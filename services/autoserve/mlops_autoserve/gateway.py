@@ -12,8 +12,8 @@ What it holds against (each answer is JSON and counted in ``autoserve_requests_t
 * a refused or reset connection before any response byte: retried once on another
   replica, or on the same one over a fresh connection when it is the only one (a
   prediction has no side effects); a response that has started is never retried;
-* a replica that fails ``eject_after`` times in a row leaves the rotation until its
-  ``GET /ping`` answers again;
+* a replica that fails ``eject_after`` times in a row, or lets one request time out,
+  leaves the rotation until its ``GET /ping`` answers again;
 * pooled backend connections kept alive 4 s, under uvicorn's 5 s, so none goes stale.
 
 Admin endpoints (``/endpoints``, ``/inflight``, ``/metrics``) listen on their own port.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import itertools
 import logging
 import signal
 import time
@@ -70,7 +69,6 @@ class Gateway:
         self.replicas: dict[str, _ReplicaState] = {}  # by backend URL
         self.route_inflight: dict[tuple[str, str], int] = {}
         self.started = time.time()
-        self._rr = itertools.count()
         self._counters: dict[tuple[str, str, str, str], object] = {}
         self._timers: dict[tuple[str, str], object] = {}
         self._tasks: list[asyncio.Task] = []
@@ -195,15 +193,25 @@ class Gateway:
         return None
 
     def _pick(self, route: RouteEntry, exclude: set[str]) -> Replica | None:
-        """Least outstanding requests among replicas in rotation; round robin on ties."""
-        candidates = [r for r in route.replicas if r.url not in exclude and self._state(r.url).ejected_at is None]
-        if not candidates:  # every replica ejected: try them anyway rather than fail outright
-            candidates = [r for r in route.replicas if r.url not in exclude]
-        if not candidates:
-            return None
-        start = next(self._rr) % len(candidates)
-        rotated = candidates[start:] + candidates[:start]
-        return min(rotated, key=lambda r: self._state(r.url).inflight)
+        """Least outstanding requests among replicas in rotation, the lowest index on ties.
+
+        Ties go to the same replica rather than round robin: at low load one warm process
+        answers faster than two taking turns (measured with bench_gateway), and as soon as
+        it has a request in flight the next one goes to another replica.
+        """
+        best, best_load, fallback = None, 0, None
+        for replica in route.replicas:
+            if replica.url in exclude:
+                continue
+            state = self._state(replica.url)
+            if state.ejected_at is not None:
+                fallback = fallback or replica
+                continue
+            if best is None or state.inflight < best_load:
+                best, best_load = replica, state.inflight
+                if best_load == 0:
+                    break
+        return best or fallback  # every replica ejected: try one anyway rather than fail outright
 
     def _state(self, url: str) -> _ReplicaState:
         state = self.replicas.get(url)
@@ -238,7 +246,9 @@ class Gateway:
                         out["Content-Type"] = resp.headers["Content-Type"]
                     return web.Response(status=resp.status, body=payload, headers=out)
             except asyncio.TimeoutError:
-                self._failed(replica, "timeout")
+                # A replica that let a request hang for the whole timeout leaves the rotation at
+                # once: the next request must not wait as long for the same answer.
+                self._failed(replica, "timeout", eject=True)
                 return error(504, f"{route.model}@{route.alias} did not answer within {self.settings.request_timeout:g} s",
                              headers={"X-Model-Version": version}, model=route.model, alias=route.alias, version=version)
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
@@ -255,10 +265,10 @@ class Gateway:
                                                   "version": route.version, "error": last_problem})
         return self._bad_gateway(route, str(route.version), "deployment unreachable")
 
-    def _failed(self, replica: Replica, problem: object) -> None:
+    def _failed(self, replica: Replica, problem: object, eject: bool = False) -> None:
         state = self._state(replica.url)
         state.failures += 1
-        if state.ejected_at is None and state.failures >= self.settings.eject_after:
+        if state.ejected_at is None and (eject or state.failures >= self.settings.eject_after):
             state.ejected_at = time.time()
             self.metrics.ejections_total.inc()
             log.warning("replica ejected", extra={"url": replica.url, "failures": state.failures, "error": str(problem)})
