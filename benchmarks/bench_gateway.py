@@ -19,7 +19,14 @@ import tempfile
 from pathlib import Path
 
 import mlops_toolkit as mt
-from benchmarks.support import IRIS_SPLIT, ServingStack, Watcher, closed_loop, percentile, print_table, wait_for, write_json
+from benchmarks.support import (
+    ServingStack,
+    closed_loop,
+    percentile,
+    print_table,
+    write_json,
+)
+from tests.harness import IRIS_SPLIT, Watcher, wait_for
 
 
 def measure(url: str, concurrency: int, seconds: float) -> tuple[list[float], int]:

@@ -23,8 +23,9 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 import mlops_toolkit as mt
-from benchmarks.support import CountingProxy, print_table, write_json
-from mlops_toolkit.local_server import LocalMlflowServer
+from benchmarks.support import print_table, write_json
+from mlops_toolkit.ops.local_server import LocalMlflowServer
+from tests.harness import CountingProxy
 
 PARAMS = {f"param_{i}": i for i in range(50)}
 METRICS = {f"metric_{i}": i / 100 for i in range(100)}

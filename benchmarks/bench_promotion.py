@@ -16,10 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlops_toolkit as mt
-from benchmarks.support import LoadClient, ServingStack, Watcher, percentile, print_table, wait_for, write_json
 from mlops_autoserve import webhook
-from mlops_toolkit.local_server import free_port
+
+import mlops_toolkit as mt
+from benchmarks.support import ServingStack, percentile, print_table, write_json
+from mlops_toolkit.ops.processes import free_port
+from tests.harness import LoadClient, Watcher, wait_for
 
 SECRET = "bench-webhook-secret"
 CONFIGS = [("blue-green", "poll"), ("blue-green", "webhook"), ("recreate", "poll"), ("recreate", "webhook")]

@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-
-from benchmarks.support import CountingProxy, print_table, write_json
 from mlops_autoserve.desired import RegistryReader
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_toolkit.local_server import LocalMlflowServer
+
+from benchmarks.support import print_table, write_json
+from mlops_toolkit.ops.local_server import LocalMlflowServer
 from mlops_toolkit.registry import iter_registered_models
+from tests.harness import CountingProxy
 
 ALIASES = ("Production", "challenger")
 

@@ -1,8 +1,8 @@
 """Serving throughput: one ``mlflow models serve`` deployment vs in-process ``predict`` (the ceiling).
 
 For 1 and 2 uvicorn workers and 1, 100 and 10,000 rows per request: rows per second at
-concurrency 1 and 4, and p50 latency at concurrency 1 (FACTS: extra workers cost
-keep-alive requests ~44 ms here). Deployments are started by autoserve's process runtime.
+concurrency 1 and 4, and p50 latency at concurrency 1 (extra uvicorn workers cost every
+keep-alive request ~44 ms on the 2-core dev machine). Deployments are started by autoserve's process runtime.
 
     python -m benchmarks.bench_serving [--seconds 8]
 """
@@ -17,12 +17,19 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
-from benchmarks.support import ServingStack, closed_loop, percentile, print_table, wait_for, write_json
 from mlops_autoserve.runtime.base import DeploymentKey, Health
 from mlops_autoserve.runtime.process import ProcessRuntime
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_toolkit.training import load_iris_split
+
+from benchmarks.support import (
+    ServingStack,
+    closed_loop,
+    percentile,
+    print_table,
+    write_json,
+)
+from mlops_toolkit.batch.training import load_iris_split
+from tests.harness import wait_for
 
 ROWS = (1, 100, 10_000)
 

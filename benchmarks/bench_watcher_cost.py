@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import mlops_toolkit as mt
-from benchmarks.support import ServingStack, Watcher, print_table, wait_for, write_json
+from benchmarks.support import ServingStack, print_table, write_json
+from tests.harness import Watcher, wait_for
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

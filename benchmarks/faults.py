@@ -24,8 +24,13 @@ import time
 from pathlib import Path
 
 import mlops_toolkit as mt
-from benchmarks.support import (
-    LoadClient, ServingStack, Watcher, live_restore_enabled, print_table, restart_docker_daemon, wait_for, write_json,
+from benchmarks.support import ServingStack, print_table, write_json
+from tests.harness import (
+    LoadClient,
+    Watcher,
+    live_restore_enabled,
+    restart_docker_daemon,
+    wait_for,
 )
 
 REPLICAS = 2

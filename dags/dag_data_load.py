@@ -16,8 +16,8 @@ DEFAULTS = {"retries": 2, "retry_delay": timedelta(minutes=1)}
 def dag_data_load():
     @task(execution_timeout=timedelta(minutes=10))
     def load(dag_run=None) -> int:
-        from mlops_toolkit.appdb import engine_from_env
-        from mlops_toolkit.batch import load_batch
+        from mlops_toolkit.batch.appdb import engine_from_env
+        from mlops_toolkit.batch.jobs import load_batch
 
         return load_batch(engine_from_env(), (dag_run.logical_date or dag_run.run_after).date())
 

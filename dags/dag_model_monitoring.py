@@ -10,18 +10,19 @@ import pendulum
 from airflow.sdk import dag, task
 
 DEFAULTS = {"retries": 2, "retry_delay": timedelta(minutes=1)}
+PARAMS = {"model": os.environ.get("MLOPS_MODEL_NAME", "iris")}  # a triggered run may pass another
 
 
 @dag(schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
-     default_args=DEFAULTS, tags=["mlops", "monitoring"])
+     default_args=DEFAULTS, params=PARAMS, tags=["mlops", "monitoring"])
 def dag_model_monitoring():
     @task(execution_timeout=timedelta(minutes=15))
-    def check_drift(dag_run=None) -> dict:
-        from mlops_toolkit.appdb import engine_from_env
-        from mlops_toolkit.batch import monitor
+    def check_drift(params=None, dag_run=None) -> dict:
+        from mlops_toolkit.batch.appdb import engine_from_env
+        from mlops_toolkit.batch.jobs import monitor
 
         report = monitor(engine_from_env(), (dag_run.logical_date or dag_run.run_after).date(),
-                         os.environ.get("MLOPS_MODEL_NAME", "iris"),
+                         params["model"],
                          pushgateway=os.environ.get("PUSHGATEWAY_URL") or None)
         return {"drift_detected": report.drift_detected, "drifted_features": report.drifted_features}
 

@@ -9,7 +9,8 @@
     mt.promote_best("iris", metric="val_f1", alias="Production")
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from mlops_toolkit.aliases import (
     AliasChange,
@@ -23,7 +24,12 @@ from mlops_toolkit.aliases import (
     set_alias,
 )
 from mlops_toolkit.config import Settings, configure, settings
-from mlops_toolkit.errors import MlopsError, NotFoundError, TrackingUnavailableError, ValidationError
+from mlops_toolkit.errors import (
+    MlopsError,
+    NotFoundError,
+    TrackingUnavailableError,
+    ValidationError,
+)
 from mlops_toolkit.jsonlog import configure_json_logging
 from mlops_toolkit.promotion import PromotionDecision, promote_best
 from mlops_toolkit.registry import ModelSummary, VersionInfo, list_models, list_versions

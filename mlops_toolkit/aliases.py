@@ -38,7 +38,12 @@ from typing import TYPE_CHECKING
 
 from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import NotFoundError, ValidationError, one_line
-from mlops_toolkit.registry import alias_map, get_model, iter_registered_models, latest_version_number
+from mlops_toolkit.registry import (
+    alias_map,
+    get_model,
+    iter_registered_models,
+    latest_version_number,
+)
 from mlops_toolkit.tags import REGISTERED_MODEL_TAG_MAX, TAG_KEY_MAX, fit
 
 if TYPE_CHECKING:

@@ -12,12 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from mlops_toolkit.errors import MlopsError, NotFoundError, TrackingUnavailableError, ValidationError, one_line
+from mlops_toolkit import http
+from mlops_toolkit.errors import (
+    MlopsError,
+    NotFoundError,
+    TrackingUnavailableError,
+    ValidationError,
+    one_line,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -50,22 +55,17 @@ def probe_tracking_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     """
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
-            body = response.read(64)
-    except urllib.error.HTTPError as exc:
+        response = http.get(uri.rstrip("/") + "/health", timeout, max_bytes=64)
+    except http.Unreachable as exc:
+        raise TrackingUnavailableError(f"cannot reach the MLflow tracking server at {uri}: {exc.reason}") from None
+    if response.status != 200:
         raise TrackingUnavailableError(
-            f"{uri} answered /health with HTTP {exc.code}: is it an MLflow tracking server?"
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+            f"{uri} answered /health with HTTP {response.status}: is it an MLflow tracking server?", answered=True
+        )
+    if not response.body.strip().upper().startswith(b"OK"):
         raise TrackingUnavailableError(
-            f"cannot reach the MLflow tracking server at {uri}: {reason}"
-        ) from None
-    if not body.strip().upper().startswith(b"OK"):
-        raise TrackingUnavailableError(
-            f"{uri} answered /health with {body[:40]!r}: is it an MLflow tracking server?"
+            f"{uri} answered /health with {response.body[:40]!r}: is it an MLflow tracking server?", answered=True
         )
 
 

@@ -30,6 +30,10 @@ class TrackingUnavailableError(MlopsError, ConnectionError):
 
     exit_code = 1
 
+    def __init__(self, message: str, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered  # something answered, but not like MLflow: a wrong URI, not an outage
+
 
 def one_line(error: BaseException | str, limit: int = 300) -> str:
     """The first line of an error, bounded: what logs, tables and tags show."""

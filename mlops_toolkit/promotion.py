@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mlops_toolkit.aliases import AliasChange, set_alias
 from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import ValidationError
-from mlops_toolkit.registry import alias_map, get_model, iter_model_versions
+from mlops_toolkit.registry import alias_version, iter_model_versions
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,11 @@ class PromotionDecision:
     change: AliasChange | None = None
 
     def __str__(self) -> str:
-        verdict = "promoted" if self.promoted else "kept"
-        return f"{self.model}@{self.alias} {verdict}: {self.reason}"
+        if self.promoted:
+            return f"{self.model}@{self.alias} promoted: {self.reason}"
+        if self.current_version is None:  # a dry run on a free alias
+            return f"{self.model}@{self.alias} unchanged: {self.reason}"
+        return f"{self.model}@{self.alias} stays on v{self.current_version}: {self.reason}"
 
 
 def promote_best(
@@ -52,7 +55,7 @@ def promote_best(
     if min_delta < 0:
         raise ValidationError(f"min_delta must be >= 0, got {min_delta}")
     with registry() as client:
-        current_version = alias_map(get_model(client, model)).get(alias)
+        current_version = alias_version(client, model, alias)
         scores = _scores_by_version(client, model, metric)
     if not scores:
         raise ValidationError(f"no version of '{model}' comes from a run that logged metric '{metric}'")
@@ -77,7 +80,10 @@ def promote_best(
     comparison = f"v{candidate} {metric}={value:.6g} vs v{current_version} {metric}={current_value:.6g}"
     if gain > 0 and gain >= min_delta:
         return decide.promote(f"{comparison}: better by {gain:.6g} (min_delta {min_delta:g})", dry_run)
-    return decide.keep(f"{comparison}: gain {gain:.6g} is below min_delta {min_delta:g}")
+    return decide.keep(
+        f"v{current_version} ({metric}={current_value:.6g}) stays; best candidate v{candidate} ({metric}={value:.6g}) "
+        f"gains {gain:.6g}, below min_delta {min_delta:g}"
+    )
 
 
 @dataclass(frozen=True)

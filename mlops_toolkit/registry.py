@@ -1,7 +1,7 @@
 """Read-only views of the model registry: models, versions and their aliases.
 
-``search_registered_models`` returns every alias of every model in one paged call (see
-FACTS), so listing is cheap; ``search_model_versions`` does not fill aliases, so version
+``search_registered_models`` returns every alias of every model in one paged call (MLflow
+fills ``RegisteredModel.aliases`` in search results), so listing is cheap; ``search_model_versions`` does not fill aliases, so version
 aliases are derived from the model's alias map.
 """
 
@@ -86,6 +86,12 @@ def alias_map(model: RegisteredModel) -> dict[str, int]:
     if isinstance(raw, dict):
         return {alias: int(version) for alias, version in raw.items()}
     return {a.alias: int(a.version) for a in raw or []}
+
+
+def alias_version(client: MlflowClient, model: str, alias: str) -> int | None:
+    """The one way to ask which version ``model@alias`` points at: None while the model has no
+    such alias; NotFoundError when the model itself does not exist."""
+    return alias_map(get_model(client, model)).get(alias)
 
 
 def latest_version_number(client: MlflowClient, model: str) -> int | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import mlops_toolkit as mt
-from mlops_toolkit.local_server import LocalMlflowServer
+from mlops_toolkit.ops.local_server import LocalMlflowServer
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_DSN = os.environ.get("MLOPS_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
@@ -63,7 +63,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlf
     server = LocalMlflowServer(
         backend_store_uri=backend,
         artifacts_dir=root / "artifacts",
-        extra_env={  # registry webhooks to a loopback receiver (FACTS)
+        extra_env={  # registry webhooks to a loopback receiver: MLflow refuses http and private IPs by default
             "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
             "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
@@ -174,7 +174,7 @@ def mlops_script():
 @pytest.fixture
 def pushgateway(tmp_path) -> Iterator[str]:
     """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on a loopback port."""
-    from mlops_toolkit.local_server import free_port
+    from mlops_toolkit.ops.processes import free_port
     from tests.daemons import Daemon, binary  # imported late: it imports this module
 
     port = free_port()

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import need
-from tests.mlops_autoserve.support import wait_for
+from tests.harness import wait_for
 
 
 def binary(*names: str, path: str | None = None) -> str:

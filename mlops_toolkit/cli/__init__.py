@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import traceback
+from importlib.metadata import entry_points
 
 import click
 
@@ -70,15 +71,17 @@ main.add_command(doctor)
 main.add_command(demo)
 main.add_command(bootstrap)
 
-try:  # the serving watcher ships in the same distribution, from services/autoserve/
-    from mlops_autoserve.cli import autoserve, gateway, serve
 
-    main.add_command(autoserve)
-    main.add_command(gateway)
-    main.add_command(serve)
-except ImportError:  # pragma: no cover - a source tree without services/
-    pass
+def _add_plugin_commands(group: click.Group) -> None:
+    """Commands registered under the ``mlops.commands`` entry point (autoserve, gateway, serve
+    from the serving service): loaded by name, so the library never imports the service."""
+    for entry in entry_points(group="mlops.commands"):
+        if entry.name in group.commands:
+            continue
+        try:
+            group.add_command(entry.load(), entry.name)
+        except ImportError as exc:  # pragma: no cover - a broken plugin must not break `mlops`
+            print(f"warning: command {entry.name!r} ({entry.value}) could not be loaded: {exc}", file=sys.stderr)
 
 
-if __name__ == "__main__":  # python -m mlops_toolkit.cli
-    sys.exit(main())
+_add_plugin_commands(main)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 import mlops_toolkit as mt
-from mlops_toolkit.cli.common import command, echo_json, echo_table, json_option, model_option
+from mlops_toolkit.cli.common import (
+    command,
+    echo_json,
+    echo_table,
+    json_option,
+    model_option,
+)
 
 reason_option = click.option("--reason", "-r", metavar="TEXT", help="Why: stored in the alias history.")
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import click
 
 from mlops_toolkit import config
-from mlops_toolkit.bootstrap import DEFAULT_DAGS, RESET_EXPERIMENTS, BootstrapOptions, run
 from mlops_toolkit.cli.common import tracking_uri_option
+from mlops_toolkit.ops.bootstrap import (
+    DEFAULT_DAGS,
+    RESET_EXPERIMENTS,
+    BootstrapOptions,
+    run,
+)
 
 
 def _http_url(ctx: click.Context, param: click.Parameter, value: str) -> str:

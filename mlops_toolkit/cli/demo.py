@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mlops_toolkit.cli.common import port_range_option
-from mlops_toolkit.demo import Demo, DemoOptions
+from mlops_toolkit.ops.demo import Demo, DemoOptions
 
 
 @click.command()

@@ -6,8 +6,13 @@ import sys
 
 import click
 
-from mlops_toolkit.cli.common import echo_json, echo_table, json_option, tracking_uri_option
-from mlops_toolkit.doctor import all_required_ok, run_checks
+from mlops_toolkit.cli.common import (
+    echo_json,
+    echo_table,
+    json_option,
+    tracking_uri_option,
+)
+from mlops_toolkit.ops.doctor import all_required_ok, run_checks
 
 
 @click.command()

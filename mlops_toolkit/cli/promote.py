@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 
 import mlops_toolkit as mt
-from mlops_toolkit.cli.common import echo_json, json_option, model_option, tracking_uri_option
+from mlops_toolkit.cli.common import (
+    echo_json,
+    json_option,
+    model_option,
+    tracking_uri_option,
+)
 
 
 @click.command()

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import urllib.request
 
 import pytest
 from sqlalchemy import create_engine, select
 
 import mlops_toolkit as mt
-from mlops_toolkit import appdb
+from mlops_toolkit.batch import appdb
 
 pytestmark = pytest.mark.slow
 DAG_IDS = {"dag_data_load", "dag_training", "dag_batch_inference", "dag_model_monitoring"}
@@ -37,8 +38,10 @@ def env(monkeypatch, app_db_url, tracking_uri, model):
 
 
 def _run(dagbag, dag_id: str, day: dt.datetime = DAY):
+    """One run, for this test's model: the DAGs take it as a param (default from the environment
+    when the file was parsed, as the scheduler would), a triggered run passes it in its conf."""
     dag = dagbag.get_dag(dag_id)
-    return dag.test(logical_date=day)
+    return dag.test(logical_date=day, run_conf={"model": os.environ["MLOPS_MODEL_NAME"]})
 
 
 def test_every_dag_file_imports_cleanly(dagbag):
@@ -69,7 +72,7 @@ def test_batch_inference_waits_for_production_and_fails_clearly(dagbag, env, mon
             task.timeout = 1
             task.poke_interval = 0.2
             task.mode = "poke"
-    dag_run = run.test(logical_date=DAY)
+    dag_run = run.test(logical_date=DAY, run_conf={"model": os.environ["MLOPS_MODEL_NAME"]})
     assert dag_run.state == "failed"
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
     assert states == {"wait_for_production": "failed", "score": "upstream_failed"}  # the wait timed out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlops_toolkit.local_server import free_port
+from mlops_toolkit.ops.processes import free_port
 from tests.mlops_toolkit.cli.conftest import assert_one_line_error
 
 
@@ -32,7 +32,7 @@ def test_autoserve_pointed_at_something_that_is_not_mlflow(mlops_script):
 
 def test_autoserve_starts_while_the_tracking_server_is_down(tmp_path):
     """An outage at start: the gateway comes up on the last table and the watcher retries."""
-    from tests.mlops_autoserve.support import Watcher, http_json
+    from tests.harness import Watcher, http_json
 
     uri = f"http://127.0.0.1:{free_port()}"
     watcher = Watcher(uri, tmp_path / "state", ["any"]).start()

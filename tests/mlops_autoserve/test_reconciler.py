@@ -12,7 +12,13 @@ import time
 from mlops_autoserve.desired import Desired
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.reconciler import Reconciler
-from mlops_autoserve.routetable import Replica, RouteEntry, TablePublisher, read, table_path
+from mlops_autoserve.routetable import (
+    Replica,
+    RouteEntry,
+    TablePublisher,
+    read,
+    table_path,
+)
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health
 from mlops_autoserve.settings import AutoserveSettings
 

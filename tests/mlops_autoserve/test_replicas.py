@@ -7,7 +7,6 @@ Scenarios share one watcher (two replicas of one version) and run in file order.
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import socket
@@ -20,8 +19,9 @@ from pathlib import Path
 import pytest
 
 import mlops_toolkit as mt
-from mlops_toolkit.local_server import free_port
-from tests.mlops_autoserve.support import LoadClient, Watcher, http_json, pid_alive, wait_for
+from mlops_toolkit.ops.processes import free_port
+from mlops_toolkit.ops.processes import pid_running as pid_alive
+from tests.harness import LoadClient, Watcher, http_json, wait_for
 
 pytestmark = pytest.mark.slow
 DEPLOY_TIMEOUT = 120

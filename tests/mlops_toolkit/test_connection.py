@@ -10,7 +10,7 @@ import pytest
 
 import mlops_toolkit as mt
 from mlops_toolkit.connection import forget_probe
-from mlops_toolkit.local_server import free_port
+from mlops_toolkit.ops.processes import free_port
 
 
 @pytest.fixture

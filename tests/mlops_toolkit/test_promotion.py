@@ -32,6 +32,9 @@ def test_small_gain_keeps_the_champion(make_model):
     decision = mt.promote_best(model, metric="f1", alias="Production", min_delta=0.01)
     assert not decision.promoted and decision.change is None
     assert "below min_delta 0.01" in decision.reason
+    # The sentence says which version holds the alias and which candidate lost.
+    assert str(decision) == (f"{model}@Production stays on v1: v1 (f1=0.9) stays; best candidate v2 (f1=0.905) "
+                             "gains 0.005, below min_delta 0.01")
     assert mt.get_alias(model, "Production").version == 1
 
 

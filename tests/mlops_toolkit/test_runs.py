@@ -8,7 +8,7 @@ import urllib.parse
 import pytest
 
 import mlops_toolkit as mt
-from benchmarks.support import CountingProxy
+from tests.harness import CountingProxy
 
 LOG_BATCH = "POST /api/2.0/mlflow/runs/log-batch"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,10 +21,11 @@ from pathlib import Path
 import pytest
 
 import mlops_toolkit as mt
-from mlops_toolkit.local_server import LocalMlflowServer, free_port
+from mlops_toolkit.ops.local_server import LocalMlflowServer
+from mlops_toolkit.ops.processes import free_port
 from tests.conftest import need
 from tests.daemons import Daemon, binary
-from tests.mlops_autoserve.support import Watcher, wait_for
+from tests.harness import Watcher, wait_for
 from tests.monitoring.support import MONITORING
 
 DEPLOY_TIMEOUT = 90
@@ -34,9 +36,16 @@ def promtool() -> str:
     return binary("promtool")
 
 
-def get_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
+def get_text(url: str, allow_error: bool = False) -> str:
+    """The body of GET ``url``; with ``allow_error`` also of a 4xx/5xx answer (Prometheus
+    explains a bad query in a 400's JSON body)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as exc:
+        if not allow_error:
+            raise
+        return exc.read().decode()
 
 
 @dataclass
@@ -117,7 +126,7 @@ def live_stack(tmp_path_factory, iris_data) -> Iterator[LiveStack]:
 def _push_drift(model: str, iris_data, gateway: str) -> None:
     """A real drift check (inputs shifted on one feature, so drift is detected) pushed the
     way dag_model_monitoring pushes it."""
-    from mlops_toolkit import drift
+    from mlops_toolkit.batch import drift
 
     X, _ = iris_data
     shifted = X.assign(**{X.columns[2]: X[X.columns[2]] + 2.0})

@@ -16,8 +16,15 @@ import subprocess
 import yaml
 
 from tests.monitoring.support import (
-    MONITORING, PROVISIONING_DIR, compose_services, dashboard_queries, dashboards, load_yaml,
-    promql_queries, stream_selectors, substitute_grafana_variables,
+    MONITORING,
+    PROVISIONING_DIR,
+    compose_services,
+    dashboard_queries,
+    dashboards,
+    load_yaml,
+    promql_queries,
+    stream_selectors,
+    substitute_grafana_variables,
 )
 
 DATASOURCES = load_yaml(PROVISIONING_DIR / "datasources" / "datasources.yml")["datasources"]

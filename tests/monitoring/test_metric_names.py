@@ -17,7 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.monitoring.conftest import get_text
 from tests.monitoring.support import (
-    PROMETHEUS_DIR, Selector, load_yaml, metric_names, promql_queries, selectors, substitute_grafana_variables,
+    PROMETHEUS_DIR,
+    Selector,
+    load_yaml,
+    metric_names,
+    promql_queries,
+    selectors,
+    substitute_grafana_variables,
 )
 
 # Series Prometheus makes itself (https://prometheus.io/docs/concepts/jobs_instances/ and

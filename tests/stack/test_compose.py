@@ -186,9 +186,9 @@ def test_postgres_init_job_creates_the_databases_once(tmp_path):
 
 
 def test_airflow_settings_are_the_ones_the_real_airflow_test_runs_with(config, tmp_path):
-    """tests/mlops_toolkit/test_bootstrap.py runs real Airflow 3 components with the
+    """tests/mlops_toolkit/ops/test_bootstrap.py runs real Airflow 3 components with the
     compose stack's settings pointed at loopback: the two must not drift apart."""
-    from tests.mlops_toolkit.test_bootstrap import _airflow_env
+    from tests.mlops_toolkit.ops.test_bootstrap import _airflow_env
 
     compose_env = config["services"]["airflow-scheduler"]["environment"]
     tested = _airflow_env(tmp_path, "postgresql+psycopg2://x@127.0.0.1/db", 8080, "sqlite://", "http://127.0.0.1:5000",

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from mlops_toolkit.local_server import free_port
+from mlops_toolkit.ops.processes import free_port
 from tests.conftest import IN_CI, PG_DSN, need, repo_root
 from tests.daemons import Daemon, binary
 

@@ -3,20 +3,24 @@ and ``mlops serve status`` (what is serving)."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import click
 
-from mlops_toolkit import config
-from mlops_toolkit.cli.common import echo_json, echo_table, json_option, port_range_option, tracking_uri_option
+from mlops_autoserve.settings import AutoserveSettings, DockerSettings, GatewaySettings
+from mlops_toolkit import config, http
+from mlops_toolkit.cli.common import (
+    echo_json,
+    echo_table,
+    json_option,
+    port_range_option,
+    tracking_uri_option,
+)
 from mlops_toolkit.errors import MlopsError, TrackingUnavailableError, ValidationError
 
-from mlops_autoserve.settings import GatewaySettings
-
 _G = GatewaySettings()  # defaults live in the settings; the options show them
+_A = AutoserveSettings(tracking_uri="")
+_D = DockerSettings()
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[str]:
@@ -64,7 +68,7 @@ def _read_token(path: Path) -> str:
     return token
 
 
-_state_dir_option = click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".mlops/autoserve"),
+_state_dir_option = click.option("--state-dir", type=click.Path(path_type=Path), default=_A.state_dir,
                                  show_default=True, help="Deployment records, logs and the route table (routes.json).")
 
 
@@ -83,30 +87,30 @@ def gateway(state_dir, host, port, admin_port, request_timeout, max_body_mb, max
 @tracking_uri_option()
 @click.option("--aliases", callback=_csv, metavar="A,B", help="Aliases to serve (default: all).")
 @click.option("--models", callback=_csv, metavar="M,N", help="Only these registered models (default: all).")
-@click.option("--poll-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between registry reads.")
-@click.option("--strategy", type=click.Choice(["blue-green", "recreate"]), default="blue-green", show_default=True)
-@click.option("--runtime", type=click.Choice(["process", "docker"]), default="process", show_default=True,
+@click.option("--poll-interval", type=click.FloatRange(min=0.1), default=_A.poll_interval, show_default=True, help="Seconds between registry reads.")
+@click.option("--strategy", type=click.Choice(["blue-green", "recreate"]), default=_A.strategy, show_default=True)
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default=_A.runtime, show_default=True,
               help="Local processes, or Docker containers of --docker-image.")
-@click.option("--docker-image", default="mlops-toolkit/serving:latest", show_default=True, metavar="IMAGE")
-@click.option("--docker-network", default="host", show_default=True, metavar="NAME",
+@click.option("--docker-image", default=_D.image, show_default=True, metavar="IMAGE")
+@click.option("--docker-network", default=_D.network, show_default=True, metavar="NAME",
               help="'host', or a network where the gateway reaches containers by name.")
 @click.option("--docker-publish", is_flag=True, help="Also publish each container's port on 127.0.0.1.")
 @click.option("--container-tracking-uri", metavar="URI", help="Tracking URI as containers see it (default: --tracking-uri).")
 @click.option("--instance", metavar="NAME", help="Owner label for containers (default: derived from --state-dir).")
 @_gateway_options
-@click.option("--watcher-port", type=click.IntRange(1, 65535), default=8002, show_default=True,
+@click.option("--watcher-port", type=click.IntRange(1, 65535), default=_A.control_port, show_default=True,
               help="The watcher's own /health, /metrics and /webhooks/mlflow (on --host).")
 @click.option("--no-gateway", is_flag=True, help="Run the watcher alone; `mlops gateway` serves its route table.")
 @click.option("--gateway-admin-url", metavar="URL",
               help="Gateway admin URL, asked for in-flight requests before a version stops (default: the one started here).")
-@port_range_option("18100-18999")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Uvicorn workers per deployment.")
-@click.option("--replicas", type=click.IntRange(1, 32), default=1, show_default=True,
+@port_range_option("{}-{}".format(*_A.port_range))
+@click.option("--workers", type=click.IntRange(min=1), default=_A.workers, show_default=True, help="Uvicorn workers per deployment.")
+@click.option("--replicas", type=click.IntRange(1, 32), default=_A.replicas, show_default=True,
               help="Replicas per served version (a model's tag mlops.autoserve.replicas overrides).")
 @click.option("--min-ready", type=click.IntRange(min=1), metavar="N",
               help="Replicas that must answer before a route moves to a new version (default: all).")
-@click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv", "conda"]), default="local", show_default=True)
-@click.option("--ready-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True)
+@click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv", "conda"]), default=_A.env_manager, show_default=True)
+@click.option("--ready-timeout", type=click.FloatRange(min=1), default=_A.ready_timeout, show_default=True)
 @click.option("--no-smoke-test", is_flag=True, help="Route on /ping alone, without posting the saved input example.")
 @click.option("--webhook-secret", envvar="MLOPS_WEBHOOK_SECRET", metavar="SECRET", help="Verify webhook signatures ($MLOPS_WEBHOOK_SECRET).")
 @click.option("--register-webhook", is_flag=True, help="Create/update the registry webhook on the tracking server first.")
@@ -127,7 +131,6 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
     """
     from mlops_autoserve import service, webhook
     from mlops_autoserve.gateway_process import GatewayProcess
-    from mlops_autoserve.settings import AutoserveSettings
     from mlops_toolkit.connection import ensure_reachable
 
     if targets_file is not None:
@@ -141,7 +144,7 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
     try:
         ensure_reachable(tracking_uri)
     except TrackingUnavailableError as exc:
-        if not str(exc).startswith("cannot reach"):
+        if exc.answered:
             raise  # something answered, and it is not MLflow: a wrong URI, not an outage
         click.echo(f"warning: {exc}; serving the last published routes and retrying", err=True)
     settings = AutoserveSettings(
@@ -152,8 +155,9 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         workers=workers, replicas=replicas, min_ready=min_ready, env_manager=env_manager,
         ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
-        docker_image=docker_image, docker_network=docker_network, docker_publish=docker_publish,
-        container_tracking_uri=container_tracking_uri, instance=instance, targets_file=targets_file,
+        docker=DockerSettings(image=docker_image, network=docker_network, publish=docker_publish,
+                              container_tracking_uri=container_tracking_uri, instance=instance),
+        targets_file=targets_file,
     )
     if register_webhook:
         url = webhook_url or f"http://{host}:{watcher_port}/webhooks/mlflow"
@@ -191,12 +195,16 @@ def status(gateway: str, as_json: bool) -> None:
     """A table of every served (model, alias): version, state, ready/routed replicas, direct URL, last error."""
     url = gateway.rstrip("/") + "/endpoints"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
-            endpoints = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise MlopsError(f"{url} answered HTTP {exc.code}: is it an autoserve gateway?") from None
-    except (OSError, ValueError) as exc:
-        raise MlopsError(f"cannot read {url}: {getattr(exc, 'reason', exc)}") from None
+        response = http.get(url, timeout=5)
+        endpoints = response.json() if response.status == 200 else None
+    except http.Unreachable as exc:
+        raise MlopsError(f"cannot read {url}: {exc.reason}; is `mlops autoserve` (or `mlops gateway`) running? "
+                         "Point --gateway-admin (or $MLOPS_GATEWAY_ADMIN_URL) at the gateway's admin port") from None
+    except ValueError:
+        endpoints = None
+    if not isinstance(endpoints, list):
+        raise MlopsError(f"{url} answered HTTP {response.status} without a list of endpoints: "
+                         "is it an autoserve gateway's admin port?")
     if as_json:
         echo_json(endpoints)
         return

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_toolkit import http
+from mlops_toolkit.waiting import WaitTimeout, wait_until
 
 EXAMPLE_FILE = "serving_input_example.json"
 
@@ -41,33 +40,30 @@ class Deployer:
         return deployment
 
     def _wait_ready(self, deployment: Deployment) -> None:
-        deadline = time.monotonic() + self.settings.ready_timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.stopping.is_set():
                 raise DeployError(f"{deployment.key}: watcher is shutting down")
             health = self.runtime.health(deployment)
-            if health is Health.READY:
-                return
             if health is Health.DEAD:
                 raise DeployError(f"{deployment.key}: serve process exited before it was ready{_log_tail(deployment)}")
-            time.sleep(0.25)
-        raise DeployError(f"{deployment.key}: not ready after {self.settings.ready_timeout:.0f} s")
+            return health is Health.READY
+
+        try:
+            wait_until(ready, self.settings.ready_timeout, interval=0.25)
+        except WaitTimeout:
+            raise DeployError(f"{deployment.key}: not ready after {self.settings.ready_timeout:.0f} s") from None
 
     def _smoke_test(self, deployment: Deployment) -> None:
         payload = input_example(self.settings.tracking_uri, deployment.key)
         if payload is None:
             return  # logged without an input example: /ping is all we can check
-        request = urllib.request.Request(
-            f"{deployment.url}/invocations", data=payload, headers={"Content-Type": "application/json"}
-        )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-                response.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read(300).decode(errors="replace")
-            raise DeployError(f"{deployment.key}: smoke test got HTTP {exc.code}: {body}") from None
-        except OSError as exc:
-            raise DeployError(f"{deployment.key}: smoke test failed: {exc}") from None
+            response = http.request("POST", f"{deployment.url}/invocations", data=payload,
+                                    headers={"Content-Type": "application/json"}, timeout=30)
+        except http.Unreachable as exc:
+            raise DeployError(f"{deployment.key}: smoke test failed: {exc.reason}") from None
+        if not response.ok:
+            raise DeployError(f"{deployment.key}: smoke test got HTTP {response.status}: {response.text(300)}")
 
 
 def input_example(tracking_uri: str, key: DeploymentKey) -> bytes | None:
@@ -88,7 +84,7 @@ def input_example(tracking_uri: str, key: DeploymentKey) -> bytes | None:
 
 
 def _log_tail(deployment: Deployment, lines: int = 3) -> str:
-    log = deployment.details.get("log")
+    log = deployment.log_path
     if not log:
         return ""
     try:

@@ -8,21 +8,18 @@ it when it still answers with the same options; otherwise it is replaced.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
 from mlops_autoserve.settings import GatewaySettings
+from mlops_toolkit import http
 from mlops_toolkit.errors import MlopsError, ValidationError
-from mlops_toolkit.local_server import pid_running, port_is_open
+from mlops_toolkit.ops.processes import pid_running, port_is_open, terminate
+from mlops_toolkit.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger("autoserve.gateway_process")
 
@@ -51,7 +48,7 @@ class GatewayProcess:
                 log.info("reusing the running gateway", extra={"pid": self.pid, "admin": self.admin_url})
                 return "reused"
             log.info("replacing a gateway started with other options", extra={"pid": record["pid"]})
-            _terminate(record["pid"])
+            terminate(record["pid"])
         for port, option in ((self.settings.port, "--port"), (self.settings.admin_port, "--admin-port")):
             if port_is_open(self.settings.host, port):
                 raise ValidationError(f"gateway port {self.settings.host}:{port} is already in use; "
@@ -63,9 +60,8 @@ class GatewayProcess:
         record = self._record()
         pid = self.pid or (record or {}).get("pid")
         if pid and pid_running(pid) and _is_gateway(pid):
-            _terminate(pid)
-        with contextlib.suppress(FileNotFoundError):
-            self.record_path.unlink()
+            terminate(pid)
+        self.record_path.unlink(missing_ok=True)
 
     def _start(self) -> None:
         s = self.settings
@@ -80,16 +76,16 @@ class GatewayProcess:
         with open(self.log_path, "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if process.poll() is not None:
                 raise MlopsError(f"the gateway exited at start: {_last_line(self.log_path)}")
-            if _answers(self.admin_url):
-                break
-            time.sleep(0.1)
-        else:
-            _terminate(process.pid)
-            raise MlopsError(f"the gateway did not answer within {START_TIMEOUT:.0f} s; log: {self.log_path}")
+            return _answers(self.admin_url)
+
+        try:
+            wait_until(up, START_TIMEOUT)
+        except WaitTimeout:
+            terminate(process.pid)
+            raise MlopsError(f"the gateway did not answer within {START_TIMEOUT:.0f} s; log: {self.log_path}") from None
         self.pid = process.pid
         partial = self.record_path.with_suffix(".partial")
         partial.write_text(json.dumps({"pid": process.pid, "options": self._options()}))
@@ -110,11 +106,7 @@ class GatewayProcess:
 
 
 def _answers(admin_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{admin_url}/health", timeout=1) as response:  # noqa: S310
-            return response.status == 200
-    except OSError:
-        return False
+    return http.answers(f"{admin_url}/health")
 
 
 def _is_gateway(pid: int) -> bool:
@@ -124,19 +116,6 @@ def _is_gateway(pid: int) -> bool:
     except OSError:
         return False
     return b"gateway" in argv and b"mlops_toolkit.cli" in argv
-
-
-def _terminate(pid: int, timeout: float = 10.0) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pid_running(pid):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    if pid_running(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _last_line(path: Path) -> str:

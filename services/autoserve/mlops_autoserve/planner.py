@@ -21,12 +21,24 @@ Rules:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey
 
 RouteKey = tuple[str, str]  # (model, alias)
+
+
+class RouteState(enum.StrEnum):
+    """Where a route stands; the value is what /endpoints, metrics and alerts show."""
+
+    READY = "ready"  # the wanted version serves, with at least min_ready replicas
+    DEGRADED = "degraded"  # the wanted version serves, with fewer replicas than min_ready
+    STARTING = "starting"  # nothing serves yet: the wanted version is being started
+    SWITCHING = "switching"  # the previous version serves while the wanted one starts
+    RESTARTING = "restarting"  # the wanted version served and lost every replica
+    FAILED = "failed"  # the wanted version could not start; what served before still does
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,7 @@ class Route:
     alias: str
     desired_version: int
     deployments: tuple[Deployment, ...]  # ready replicas traffic goes to now (empty: nothing ready)
-    state: str  # ready | degraded | starting | switching | failed | restarting
+    state: RouteState
     since: float  # unix time the serving version took the route
     last_error: str | None = None
 
@@ -119,11 +131,11 @@ def plan(inputs: Inputs) -> Plan:
         up = tuple(d for d in ready.get(key, ()) if d.replica < wanted) or tuple(ready.get(key, ()))
         routed_here = current is not None and current.version == version
         if up and (len(up) >= needed_ready(inputs, model) or routed_here):
-            state = "ready" if len(up) >= needed_ready(inputs, model) else "degraded"
+            state = RouteState.READY if len(up) >= needed_ready(inputs, model) else RouteState.DEGRADED
             since = current.since if routed_here else inputs.wall
             if not routed_here:
                 switched.append((route_key, current.version if current else None, version))
-            routes[route_key] = Route(model, alias, version, up, state, since, None if state == "ready" else
+            routes[route_key] = Route(model, alias, version, up, state, since, None if state is RouteState.READY else
                                       (failure.error if failure else None))
             continue
         keep: tuple[Deployment, ...] = ()
@@ -142,14 +154,15 @@ def plan(inputs: Inputs) -> Plan:
     return Plan(routes, deploy, retire, unrouted_since, switched)
 
 
-def _state(key: DeploymentKey, keep: tuple, current: Route | None, failure: Failure | None, inputs: Inputs) -> str:
+def _state(key: DeploymentKey, keep: tuple, current: Route | None, failure: Failure | None,
+           inputs: Inputs) -> RouteState:
     if failure is not None and not any(k == key for k, _ in inputs.pending):
-        return "failed"
+        return RouteState.FAILED
     if keep:
-        return "switching"
+        return RouteState.SWITCHING
     if current is not None and current.version == key.version:
-        return "restarting"
-    return "starting"
+        return RouteState.RESTARTING
+    return RouteState.STARTING
 
 
 def _deploys(inputs: Inputs, live: Mapping[DeploymentKey, list[Deployment]]) -> list[tuple[DeploymentKey, int, tuple[str, ...]]]:

@@ -21,11 +21,9 @@ the registry cannot be read, the desired state.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -35,11 +33,18 @@ from mlops_autoserve.deployer import Deployer
 from mlops_autoserve.desired import Desired, RegistryReader, RouteKey
 from mlops_autoserve.health import HealthTracker, Verdict
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.planner import Failure, Route
-from mlops_autoserve.routetable import Replica, RouteEntry, RouteTable, TablePublisher, table_path
+from mlops_autoserve.planner import Failure, Route, RouteState
+from mlops_autoserve.routetable import (
+    Replica,
+    RouteEntry,
+    RouteTable,
+    TablePublisher,
+    table_path,
+)
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.targets import TargetsFile
+from mlops_toolkit import http
 from mlops_toolkit.errors import one_line
 from mlops_toolkit.tags import MODEL_VERSION_TAG_MAX, fit
 
@@ -228,7 +233,8 @@ class Reconciler:
             deployments = tuple(by_ident[r.ident] for r in entry.replicas if r.ident in by_ident)
             if deployments:
                 routes[(entry.model, entry.alias)] = Route(entry.model, entry.alias, entry.desired_version,
-                                                           deployments, entry.state, entry.since, entry.last_error)
+                                                           deployments, RouteState(entry.state), entry.since,
+                                                           entry.last_error)
         return routes
 
     def _observe(self) -> list[tuple[Deployment, bool]]:
@@ -285,10 +291,10 @@ class Reconciler:
         url = self.settings.gateway_admin_url
         if not url:
             return 0
+        inflight = http.get_json(f"{url.rstrip('/')}/inflight", timeout=1)
         try:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/inflight", timeout=1) as response:  # noqa: S310
-                return int(json.loads(response.read()).get(deployment.url, 0))
-        except (OSError, ValueError, TypeError, AttributeError):
+            return int(inflight.get(deployment.url, 0)) if isinstance(inflight, dict) else 0
+        except (TypeError, ValueError):
             return 0
 
     # -- deploy work ---------------------------------------------------------------------
@@ -360,12 +366,12 @@ class Reconciler:
         gauge.clear()
         for route in routes.values():
             version = route.version if route.version is not None else route.desired_version
-            gauge.labels(route.model, route.alias, str(version), route.state).set(1)
+            gauge.labels(route.model, route.alias, str(version), str(route.state)).set(1)
 
 
 def _entry(route: Route) -> RouteEntry:
     replicas = tuple(Replica(d.url, d.ident, d.replica) for d in route.deployments)
-    return RouteEntry(route.model, route.alias, route.desired_version, route.version, route.state, route.since,
+    return RouteEntry(route.model, route.alias, route.desired_version, route.version, str(route.state), route.since,
                       route.last_error, replicas)
 
 

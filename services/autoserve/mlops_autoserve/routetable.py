@@ -36,7 +36,7 @@ class RouteEntry:
     alias: str
     desired_version: int
     version: int | None  # the version serving now (None: nothing ready)
-    state: str  # ready | starting | switching | failed | restarting
+    state: str  # a planner.RouteState value: ready, degraded, starting, switching, restarting, failed
     since: float  # unix time the serving version took the route
     last_error: str | None = None
     replicas: tuple[Replica, ...] = ()

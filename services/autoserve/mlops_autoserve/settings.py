@@ -1,9 +1,24 @@
-"""Everything an operator can set, with safe defaults (loopback only, blue/green)."""
+"""Everything an operator can set, with safe defaults (loopback only, blue/green).
+
+The click options of ``mlops autoserve`` and ``mlops gateway`` take their defaults from
+these dataclasses, so a default lives in one place.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    """The Docker runtime's own settings (``--runtime docker``)."""
+
+    image: str = "mlops-toolkit/serving:latest"
+    network: str = "host"  # or a compose network, reached as http://<container>:8080
+    publish: bool = False  # also publish each container's port on 127.0.0.1
+    container_tracking_uri: str | None = None  # tracking URI as seen from inside containers
+    instance: str | None = None  # owner label of the containers (default: from state_dir)
 
 
 @dataclass(frozen=True)
@@ -22,7 +37,9 @@ class AutoserveSettings:
     control_port: int = 8002
     serve_host: str = "127.0.0.1"
     port_range: tuple[int, int] = (18100, 18999)
-    workers: int = 1  # FACTS: >1 uvicorn worker adds ~44 ms per keep-alive request here
+    # Uvicorn workers per deployment: with 2, every keep-alive request paid ~44 ms more on the
+    # 2-core dev machine (benchmarks/bench_serving.py), and a second worker has no core to win.
+    workers: int = 1
     env_manager: str = "local"
     ready_timeout: float = 120.0
     replicas: int = 1  # per version; the registered-model tag mlops.autoserve.replicas overrides
@@ -37,11 +54,7 @@ class AutoserveSettings:
     webhook_max_age: float = 300.0
     state_dir: Path = field(default_factory=lambda: Path(".mlops") / "autoserve")
     leave_running: bool = False  # on exit, keep deployments for the next watcher to adopt
-    instance: str | None = None  # owner label of Docker containers (default: from state_dir)
-    docker_image: str = "mlops-toolkit/serving:latest"
-    docker_network: str = "host"  # or a compose network, reached as http://<container>:8080
-    docker_publish: bool = False  # also publish each container's port on 127.0.0.1
-    container_tracking_uri: str | None = None  # tracking URI as seen from inside containers
+    docker: DockerSettings = field(default_factory=DockerSettings)
     targets_file: Path | None = None  # Prometheus file_sd JSON of every serving endpoint's /ping
 
     def wants(self, model: str, alias: str) -> bool:

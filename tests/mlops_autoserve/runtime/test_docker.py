@@ -14,8 +14,14 @@ import pytest
 
 import mlops_toolkit as mt
 from tests.conftest import need
-from benchmarks.support import live_restore_enabled, restart_docker_daemon
-from tests.mlops_autoserve.support import LoadClient, Watcher, move_alias_under_load, wait_for
+from tests.harness import (
+    LoadClient,
+    Watcher,
+    live_restore_enabled,
+    move_alias_under_load,
+    restart_docker_daemon,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 IMAGE = os.environ.get("MLOPS_TEST_SERVING_IMAGE", "mlops-toolkit/serving:latest")

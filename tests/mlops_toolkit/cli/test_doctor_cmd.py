@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mlops_toolkit.local_server import free_port
+from mlops_toolkit.ops.processes import free_port
 
 
 def test_doctor_table_exit_0(mlops):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from mlops_toolkit import __version__
-from mlops_toolkit.local_server import free_port
+from mlops_toolkit.ops.processes import free_port
 from tests.mlops_toolkit.cli.conftest import assert_one_line_error
 
 COMMANDS = [

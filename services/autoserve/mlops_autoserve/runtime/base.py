@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from mlops_toolkit import http
 
 PING_TIMEOUT = 1.0
 
@@ -30,7 +31,13 @@ class Deployment:
     ident: str  # pid or container id
     started_at: float
     replica: int = 0  # index among the version's replicas (names, records and labels carry it)
-    details: dict = field(default_factory=dict, compare=False, hash=False)
+    # What the runtime knows besides (not part of the identity):
+    port: int = field(default=0, compare=False)  # host port; 0 when nothing is published
+    aliases: tuple[str, ...] = field(default=(), compare=False)  # the aliases it was started for
+    name: str = field(default="", compare=False)  # container name (Docker)
+    log_path: str | None = field(default=None, compare=False)  # its output (processes)
+    record_path: str | None = field(default=None, compare=False)  # its record in the state dir (processes)
+    tmp_dir: str | None = field(default=None, compare=False)  # its own TMPDIR, removed on stop (processes)
 
 
 class Health(enum.Enum):
@@ -66,8 +73,4 @@ def slug(key: DeploymentKey, replica: int = 0) -> str:
 
 def ping(url: str, timeout: float = PING_TIMEOUT) -> bool:
     """GET /ping (HEAD answers 405 on mlflow models serve)."""
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as response:  # noqa: S310
-            return response.status == 200
-    except OSError:
-        return False
+    return http.answers(f"{url}/ping", timeout)

@@ -18,7 +18,7 @@ import time
 
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, ping, slug
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_toolkit.local_server import port_is_open
+from mlops_toolkit.ops.processes import port_is_open
 
 LABEL = "mlops.autoserve"
 # Passed on when set: models whose artifacts live in S3/MinIO without the server's proxy.
@@ -30,8 +30,8 @@ STOP_TIMEOUT = 10
 
 def instance_id(settings: AutoserveSettings) -> str:
     """Which watcher owns a container: configured, or derived from the state directory."""
-    if settings.instance:
-        return settings.instance
+    if settings.docker.instance:
+        return settings.docker.instance
     return hashlib.sha1(str(settings.state_dir.resolve()).encode()).hexdigest()[:10]
 
 
@@ -48,7 +48,7 @@ class DockerRuntime:
 
     @property
     def host_network(self) -> bool:
-        return self.settings.docker_network == "host"
+        return self.settings.docker.network == "host"
 
     # -- Runtime -------------------------------------------------------------------------
     def list(self) -> list[Deployment]:
@@ -61,15 +61,15 @@ class DockerRuntime:
         name = f"mlops-serve-{self.instance}-{slug(key, replica)}"
         self._remove_stale(name)
         with self._lock:
-            port = self._free_port() if (self.host_network or self.settings.docker_publish) else 0
+            port = self._free_port() if (self.host_network or self.settings.docker.publish) else 0
             self._reserved_ports.add(port)
         try:
             serve_host, serve_port = ("127.0.0.1", port) if self.host_network else ("0.0.0.0", CONTAINER_PORT)  # noqa: S104 - inside the container's own network namespace
-            options = {"network_mode": "host"} if self.host_network else {"network": self.settings.docker_network}
-            if self.settings.docker_publish and not self.host_network:
+            options = {"network_mode": "host"} if self.host_network else {"network": self.settings.docker.network}
+            if self.settings.docker.publish and not self.host_network:
                 options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", port)}
             container = self.client.containers.run(
-                self.settings.docker_image,
+                self.settings.docker.image,
                 ["mlflow", "models", "serve", "-m", f"models:/{key.model}/{key.version}",
                  "--env-manager", self.settings.env_manager, "-h", serve_host, "-p", str(serve_port),
                  "-w", str(self.settings.workers)],
@@ -78,7 +78,7 @@ class DockerRuntime:
                 init=True,
                 restart_policy={"Name": "unless-stopped"},
                 environment={
-                    "MLFLOW_TRACKING_URI": self.settings.container_tracking_uri or self.settings.tracking_uri,
+                    "MLFLOW_TRACKING_URI": self.settings.docker.container_tracking_uri or self.settings.tracking_uri,
                     **{name: os.environ[name] for name in ARTIFACT_ENV if os.environ.get(name)},
                 },
                 labels={
@@ -126,7 +126,7 @@ class DockerRuntime:
     def _deployment(self, container) -> Deployment:
         labels = container.labels
         port = int(labels.get("mlops.port") or 0)
-        if self.host_network or (self.settings.docker_publish and port):
+        if self.host_network or (self.settings.docker.publish and port):
             url = f"http://127.0.0.1:{port}"
         else:
             url = f"http://{container.name}:{CONTAINER_PORT}"
@@ -136,7 +136,9 @@ class DockerRuntime:
             ident=container.id,
             started_at=float(labels.get("mlops.started_at") or 0),
             replica=int(labels.get("mlops.replica") or 0),
-            details={"name": container.name, "port": port, "aliases": labels.get("mlops.aliases", "")},
+            port=port,
+            aliases=tuple(a for a in labels.get("mlops.aliases", "").split(",") if a),
+            name=container.name,
         )
 
     def _remove_stale(self, name: str) -> None:
@@ -150,7 +152,7 @@ class DockerRuntime:
         existing.remove(force=True)
 
     def _free_port(self) -> int:
-        used = {int(d.details["port"]) for d in self.list() if d.details.get("port")} | self._reserved_ports
+        used = {d.port for d in self.list() if d.port} | self._reserved_ports
         low, high = self.settings.port_range
         for port in range(low, high + 1):
             if port not in used and not port_is_open("127.0.0.1", port):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, ping, slug
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_toolkit.local_server import pid_running, port_is_open, signal_group
+from mlops_toolkit.ops.processes import pid_running, port_is_open, signal_group
+from mlops_toolkit.waiting import wait_until
 
 STOP_TIMEOUT = 10.0
 
@@ -118,15 +119,11 @@ class ProcessRuntime:
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         child = self._children.get(pid)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if child is not None:
-                if child.poll() is not None:
-                    return True
-            elif not pid_running(pid):
-                return True
-            time.sleep(0.05)
-        return False
+
+        def exited() -> bool:
+            return child.poll() is not None if child is not None else not pid_running(pid)
+
+        return bool(wait_until(exited, timeout, interval=0.05, default=False))
 
     def _clean_up(self, deployment: Deployment) -> None:
         """Forget a stopped or dead deployment: record, temp dir, stray processes."""
@@ -137,8 +134,9 @@ class ProcessRuntime:
             signal_group(pid, signal.SIGKILL)
         with self._lock:
             self._children.pop(pid, None)
-        shutil.rmtree(deployment.details.get("tmp_dir", ""), ignore_errors=True)
-        record = deployment.details.get("record")
+        if deployment.tmp_dir:
+            shutil.rmtree(deployment.tmp_dir, ignore_errors=True)
+        record = deployment.record_path
         if record:
             with contextlib.suppress(FileNotFoundError):
                 current = json.loads(Path(record).read_text())
@@ -164,7 +162,11 @@ def _deployment(record: dict, path: Path) -> Deployment:
         ident=str(record["pid"]),
         started_at=float(record["started_at"]),
         replica=int(record.get("replica", 0)),
-        details={**record, "record": str(path)},
+        port=int(record["port"]),
+        aliases=tuple(record.get("aliases", ())),
+        log_path=record.get("log"),
+        record_path=str(path),
+        tmp_dir=record.get("tmp_dir"),
     )
 
 
@@ -177,5 +179,5 @@ def _proc_matches(pid: int, deployment: Deployment) -> bool:
     except OSError:
         return False
     key = deployment.key
-    wanted = [f"models:/{key.model}/{key.version}".encode(), str(deployment.details.get("port")).encode()]
+    wanted = [f"models:/{key.model}/{key.version}".encode(), str(deployment.port).encode()]
     return all(w in argv for w in wanted)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_toolkit import drift
+from mlops_toolkit.batch import drift
 from mlops_toolkit.errors import ValidationError
 
 

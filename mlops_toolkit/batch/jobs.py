@@ -16,11 +16,22 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from mlops_toolkit.aliases import get_alias
-from mlops_toolkit.appdb import count_rows, input_rows, migrate, predictions, replace_for_date
+from mlops_toolkit.batch.appdb import (
+    count_rows,
+    input_rows,
+    migrate,
+    predictions,
+    replace_for_date,
+)
+from mlops_toolkit.batch.training import (
+    GateResult,
+    champion_challenger,
+    train_candidates,
+)
 from mlops_toolkit.config import registry
 from mlops_toolkit.errors import NotFoundError, ValidationError
+from mlops_toolkit.registry import alias_version as registry_alias_version
 from mlops_toolkit.tags import RUN_TAG_MAX, fit
-from mlops_toolkit.training import GateResult, champion_challenger, train_candidates
 
 log = logging.getLogger("mlops.batch")
 
@@ -70,10 +81,11 @@ def read_batch(engine: Engine, since: dt.date, until: dt.date | None = None) -> 
 
 
 def alias_version(model: str, alias: str) -> int | None:
-    """The version ``model@alias`` points at, or None while it has none (sensors poke this)."""
+    """The version ``model@alias`` points at, or None while there is none (sensors poke this)."""
     try:
-        return get_alias(model, alias).version
-    except NotFoundError:
+        with registry() as client:
+            return registry_alias_version(client, model, alias)
+    except NotFoundError:  # no such model yet: train first
         return None
 
 
@@ -86,29 +98,34 @@ class ScoreResult:
     run_id: str | None
 
 
-def score_batch(engine: Engine, logical_date: dt.date, model: str, alias: str = "Production") -> ScoreResult:
-    """Predict the day's batch with ``model@alias`` pinned to one version; replace that day's predictions."""
+def score_batch(engine: Engine, logical_date: dt.date, model: str, alias: str = "Production",
+                version: int | None = None) -> ScoreResult:
+    """Predict the day's batch with one version of ``model``: ``version`` when given (what the
+    DAG's sensor found, even if the alias moved since), else the one ``alias`` points at now.
+    Replaces that day's predictions."""
     import mlflow
 
     migrate(engine)
     batch = read_batch(engine, logical_date)
     if batch.empty:
         raise ValidationError(f"no input rows for {logical_date}: run dag_data_load for that date first")
-    target = get_alias(model, alias)  # resolved once: every row gets the same version
-    with registry():
-        loaded = mlflow.pyfunc.load_model(f"models:/{model}/{target.version}")
+    with registry() as client:
+        if version is None:
+            version = get_alias(model, alias).version  # resolved once: every row gets the same version
+        run_id = client.get_model_version(model, str(version)).run_id or None
+        loaded = mlflow.pyfunc.load_model(f"models:/{model}/{version}")
     feature_names = [spec.name for spec in loaded.metadata.get_input_schema().inputs]
     predicted = loaded.predict(batch[feature_names])
     now = dt.datetime.now(dt.timezone.utc)
     rows = [
-        {"row_index": int(i), "model_name": model, "alias": alias, "model_version": target.version,
-         "run_id": target.run_id, "prediction": float(p), "created_at": now}
+        {"row_index": int(i), "model_name": model, "alias": alias, "model_version": version,
+         "run_id": run_id, "prediction": float(p), "created_at": now}
         for i, p in zip(batch["row_index"], predicted, strict=True)
     ]
     count = replace_for_date(engine, predictions, logical_date, rows, model_name=model, alias=alias)
     log.info("batch scored", extra={"logical_date": logical_date.isoformat(), "rows": count, "model": model,
-                                    "alias": alias, "version": target.version})
-    return ScoreResult(count, model, alias, target.version, target.run_id)
+                                    "alias": alias, "version": version})
+    return ScoreResult(count, model, alias, version, run_id)
 
 
 def train_from_appdb(engine: Engine, model: str, min_rows: int = 60) -> GateResult:
@@ -156,7 +173,7 @@ def monitor(engine: Engine, logical_date: dt.date, model: str, window_days: int 
             pushgateway: str | None = None, alpha: float | None = None):
     """Drift of the last ``window_days`` of inputs vs the Production model's training data:
     logged to MLflow and, with ``pushgateway``, pushed to Prometheus."""
-    from mlops_toolkit import drift
+    from mlops_toolkit.batch import drift
 
     migrate(engine)
     current = read_batch(engine, logical_date - dt.timedelta(days=window_days - 1), logical_date)

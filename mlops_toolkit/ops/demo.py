@@ -22,10 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlops_toolkit as mt
-from mlops_toolkit import gateway_client
+from mlops_toolkit.batch.training import (
+    METRIC,
+    champion_challenger,
+    load_iris_split,
+    train_candidates,
+)
 from mlops_toolkit.errors import MlopsError, ValidationError
-from mlops_toolkit.local_server import LocalMlflowServer, pid_running, port_is_open, signal_group, who_listens
-from mlops_toolkit.training import METRIC, champion_challenger, load_iris_split, train_candidates
+from mlops_toolkit.ops import gateway_client
+from mlops_toolkit.ops.local_server import LocalMlflowServer
+from mlops_toolkit.ops.processes import (
+    pid_running,
+    port_is_open,
+    signal_group,
+    who_listens,
+)
+from mlops_toolkit.ops.progress import Progress
+from mlops_toolkit.waiting import WaitTimeout, wait_until
 
 ALIASES = ("Production", "challenger")
 
@@ -51,21 +64,6 @@ class DemoResult:
     endpoints: list[dict] = field(default_factory=list)
     predictions: dict[str, dict] = field(default_factory=dict)
     seconds_to_first_prediction: float = 0.0
-
-
-class Progress:
-    """One line per step, with the time since the demo started."""
-
-    def __init__(self, echo: Callable[[str], None]) -> None:
-        self.echo = echo
-        self.started = time.monotonic()
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def __call__(self, message: str) -> None:
-        self.echo(f"[{self.elapsed:5.1f}s] {message}")
 
 
 class Demo:
@@ -252,12 +250,19 @@ class Demo:
 
     def _check_port(self, port: int, option: str) -> None:
         """Fail at once on a stranger's port; give our own just-stopped processes time to exit."""
-        deadline = time.monotonic() + 10
-        while port_is_open("127.0.0.1", port):
+        def free() -> bool:
+            if not port_is_open("127.0.0.1", port):
+                return True
             holder = who_listens(port) or "an unknown process"
-            if str(self.state) not in holder or time.monotonic() > deadline:
+            if str(self.state) not in holder:
                 raise ValidationError(f"port {port} is in use by {holder}; stop it or choose another with {option}")
-            time.sleep(0.2)
+            return False
+
+        try:
+            wait_until(free, 10, interval=0.2)
+        except WaitTimeout:
+            holder = who_listens(port) or "an unknown process"
+            raise ValidationError(f"port {port} is in use by {holder}; stop it or choose another with {option}") from None
 
 
 def _cmdline_mentions(pid: int, text: str) -> bool:
@@ -270,9 +275,7 @@ def _cmdline_mentions(pid: int, text: str) -> bool:
 def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
     """Signal a leftover process group and wait (up to 30 s) for its leader to go."""
     signal_group(pid, sig)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and pid_running(pid):
-        time.sleep(0.1)
+    wait_until(lambda: not pid_running(pid), 30, default=False)
 
 
 def _wait_for_signal() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from mlops_toolkit import configure
-from mlops_toolkit.doctor import all_required_ok, run_checks
-from mlops_toolkit.local_server import free_port
+from mlops_toolkit.ops.doctor import all_required_ok, run_checks
+from mlops_toolkit.ops.processes import free_port
 
 
 def _docker_socket_present() -> bool:

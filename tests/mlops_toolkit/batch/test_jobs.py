@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 import mlops_toolkit as mt
-from mlops_toolkit import appdb, batch
+from mlops_toolkit.batch import appdb, jobs
 
 DAY = dt.date(2026, 11, 20)
 
@@ -52,10 +52,10 @@ def test_concurrent_first_migrations_do_not_collide():
 
 
 def test_load_batch_is_idempotent_per_date(engine):
-    assert batch.load_batch(engine, DAY) == batch.ROWS_PER_BATCH
-    assert batch.load_batch(engine, DAY) == batch.ROWS_PER_BATCH
-    assert appdb.count_rows(engine, appdb.input_rows, batch_date=DAY) == batch.ROWS_PER_BATCH
-    frame = batch.read_batch(engine, DAY)
+    assert jobs.load_batch(engine, DAY) == jobs.ROWS_PER_BATCH
+    assert jobs.load_batch(engine, DAY) == jobs.ROWS_PER_BATCH
+    assert appdb.count_rows(engine, appdb.input_rows, batch_date=DAY) == jobs.ROWS_PER_BATCH
+    frame = jobs.read_batch(engine, DAY)
     assert list(frame.columns[:4]) == ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
     assert set(frame["label"]) <= {0, 1, 2}
 
@@ -69,11 +69,11 @@ def test_missing_app_db_url_is_a_clear_error(monkeypatch):
 @pytest.mark.slow
 def test_train_score_and_monitor_round_trip(engine, tracking_uri, unique_name, mlflow_client, pushgateway):
     model = unique_name("batch")
-    assert batch.alias_version(model, "Production") is None
+    assert jobs.alias_version(model, "Production") is None
     for offset in range(3):
-        batch.load_batch(engine, DAY - dt.timedelta(days=offset))
-    gate = batch.train_from_appdb(engine, model, min_rows=60)
-    assert gate.decision.promoted and batch.alias_version(model, "Production") == gate.decision.candidate_version
+        jobs.load_batch(engine, DAY - dt.timedelta(days=offset))
+    gate = jobs.train_from_appdb(engine, model, min_rows=60)
+    assert gate.decision.promoted and jobs.alias_version(model, "Production") == gate.decision.candidate_version
     assert gate.challenger is not None and gate.challenger.to_version != gate.decision.candidate_version
     champion_run = mlflow_client.get_model_version(model, str(gate.decision.candidate_version)).run_id
     tags = mlflow_client.get_run(champion_run).data.tags
@@ -81,16 +81,24 @@ def test_train_score_and_monitor_round_trip(engine, tracking_uri, unique_name, m
     assert "app-db, 63 rows" == tags["mlops.training_data"]
     assert mt.alias_history(model, "Production")[-1].reason.startswith("promote_best:")
 
-    first = batch.score_batch(engine, DAY, model)
-    again = batch.score_batch(engine, DAY, model)  # a re-run of the same date replaces, never duplicates
-    assert first.rows == again.rows == batch.ROWS_PER_BATCH and first.version == gate.decision.candidate_version
-    assert appdb.count_rows(engine, appdb.predictions, batch_date=DAY, model_name=model) == batch.ROWS_PER_BATCH
+    first = jobs.score_batch(engine, DAY, model)
+    again = jobs.score_batch(engine, DAY, model)  # a re-run of the same date replaces, never duplicates
+    assert first.rows == again.rows == jobs.ROWS_PER_BATCH and first.version == gate.decision.candidate_version
+    assert appdb.count_rows(engine, appdb.predictions, batch_date=DAY, model_name=model) == jobs.ROWS_PER_BATCH
     with engine.connect() as connection:
         row = connection.execute(select(appdb.predictions).where(appdb.predictions.c.model_name == model)).first()
     assert (row.alias, row.model_version, row.run_id) == ("Production", first.version, champion_run)
+    # The DAG scores the version its sensor found, even if the alias moved since.
+    other = next(v for v in (1, 2, 3) if v != first.version)
+    pinned = jobs.score_batch(engine, DAY, model, version=other)
+    assert pinned.version == other and pinned.run_id == mlflow_client.get_model_version(model, str(other)).run_id
+    with engine.connect() as connection:
+        stored = {r.model_version for r in connection.execute(
+            select(appdb.predictions).where(appdb.predictions.c.model_name == model))}
+    assert stored == {other}
 
-    report = batch.monitor(engine, DAY, model, window_days=3, pushgateway=pushgateway)
-    assert report.current_rows == 3 * batch.ROWS_PER_BATCH and report.reference_rows == 63
+    report = jobs.monitor(engine, DAY, model, window_days=3, pushgateway=pushgateway)
+    assert report.current_rows == 3 * jobs.ROWS_PER_BATCH and report.reference_rows == 63
     monitoring = mlflow_client.get_experiment_by_name("model-monitoring")
     runs = mlflow_client.search_runs([monitoring.experiment_id], f"tags.`mlops.model` = '{model}'")
     assert runs and runs[0].data.tags["mlops.current_hash"] == report.current_hash
@@ -100,4 +108,4 @@ def test_scoring_an_empty_day_is_a_clear_error(engine, make_model):
     model = make_model(versions=1)
     mt.set_alias(model, "Production", 1)
     with pytest.raises(mt.ValidationError, match="no input rows for 1999-01-01: run dag_data_load"):
-        batch.score_batch(engine, dt.date(1999, 1, 1), model)
+        jobs.score_batch(engine, dt.date(1999, 1, 1), model)

@@ -11,20 +11,28 @@ whole job, so a stack that never comes up fails with a line instead of hanging.
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mlops_toolkit import gateway_client
-from mlops_toolkit.airflow_api import AirflowClient, AirflowError, AirflowUnavailableError, DagRun, components, ready
+from mlops_toolkit import http
 from mlops_toolkit.connection import make_client, translated_errors
-from mlops_toolkit.demo import Progress
 from mlops_toolkit.errors import MlopsError, one_line
+from mlops_toolkit.ops import gateway_client
+from mlops_toolkit.ops.airflow_api import (
+    AirflowClient,
+    AirflowError,
+    AirflowUnavailableError,
+    DagRun,
+    components,
+    ready,
+)
+from mlops_toolkit.ops.progress import Progress
+from mlops_toolkit.registry import alias_version
+from mlops_toolkit.waiting import WaitTimeout, wait_until
 
 DEFAULT_DAGS = ("dag_data_load", "dag_training")
 # Where the DAGs log: dags/dag_training.py (MLOPS_EXPERIMENT, default "scheduled-training")
-# and drift.log_to_mlflow (dag_model_monitoring). tests/mlops_toolkit/test_bootstrap.py
+# and drift.log_to_mlflow (dag_model_monitoring). tests/mlops_toolkit/ops/test_bootstrap.py
 # checks that these stay in step with the code.
 RESET_EXPERIMENTS = ("scheduled-training", "model-monitoring")
 PROGRESS_EVERY_S = 10.0
@@ -121,7 +129,7 @@ def wait_for_services(options: BootstrapOptions, airflow: AirflowClient, deadlin
     """MLflow, then Airflow's API server (metadatabase and scheduler healthy) and a login,
     then the gateway."""
     if options.tracking_uri.startswith(("http://", "https://")):
-        _wait_until("MLflow", options.tracking_uri, lambda t: _http_ok(f"{options.tracking_uri.rstrip('/')}/health", t),
+        _wait_for_service("MLflow", options.tracking_uri, lambda t: _http_ok(f"{options.tracking_uri.rstrip('/')}/health", t),
                     deadline, progress)
 
     def airflow_ready(request_timeout: float) -> tuple[bool, str]:
@@ -135,13 +143,13 @@ def wait_for_services(options: BootstrapOptions, airflow: AirflowClient, deadlin
         status = ", ".join(f"{name} {state or 'not running'}" for name, state in components(health).items())
         return ready(health), status
 
-    _wait_until("Airflow API server", options.airflow_url, airflow_ready, deadline, progress)
+    _wait_for_service("Airflow API server", options.airflow_url, airflow_ready, deadline, progress)
     airflow.request_timeout = 10.0
     airflow.login()  # wrong credentials fail here: before waiting for the gateway or changing anything
     progress(f"logged in to Airflow as {options.airflow_user!r}")
-    _wait_until("autoserve gateway", options.gateway,
+    _wait_for_service("autoserve gateway", options.gateway,
                 lambda t: _http_ok(f"{options.gateway.rstrip('/')}/health", t), deadline, progress)
-    _wait_until("autoserve gateway admin", options.gateway_admin,
+    _wait_for_service("autoserve gateway admin", options.gateway_admin,
                 lambda t: _http_ok(f"{options.gateway_admin.rstrip('/')}/health", t), deadline, progress)
 
 
@@ -200,7 +208,7 @@ def wait_until_unrouted(gateway: str, model: str, deadline: Deadline, progress: 
     if not still_routed:
         return
     progress(f"reset: waiting for autoserve to stop serving the deleted {model} ({', '.join(still_routed)})")
-    _wait_until("autoserve to drop the deleted model", gateway, lambda t: (not routed(), ""), deadline, progress)
+    _wait_for_service("autoserve to drop the deleted model", gateway, lambda t: (not routed(), ""), deadline, progress)
 
 
 def run_dag(airflow: AirflowClient, dag_id: str, deadline: Deadline, progress: Callable[[str], None],
@@ -238,27 +246,28 @@ def summary(options: BootstrapOptions, result: BootstrapResult) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------
-def _wait_until(what: str, url: str, probe: Callable[[float], tuple[bool, str] | bool], deadline: Deadline,
-                progress: Callable[[str], None]) -> None:
+def _wait_for_service(what: str, url: str, probe: Callable[[float], tuple[bool, str] | bool], deadline: Deadline,
+                      progress: Callable[[str], None]) -> None:
     """Poll ``probe`` until it says ready; a progress line at once and every 10 s; one error
     line naming the URL and the last answer when the job's time runs out."""
     started = time.monotonic()
-    next_line = started
-    detail = ""
-    while True:
+    seen = {"detail": "", "next_line": started}
+
+    def ready() -> bool:
         answer = probe(max(0.5, min(5.0, deadline.left())))
-        ok, detail = answer if isinstance(answer, tuple) else (answer, "")
-        if ok:
-            progress(f"{what} ready at {url}" + (f" ({detail})" if detail else ""))
-            return
-        now = time.monotonic()
-        if deadline.left() <= 0:
-            raise MlopsError(f"{what} at {url} not ready after {now - started:.0f} s (bootstrap timeout "
-                             f"{deadline.seconds:.0f} s)" + (f": {detail}" if detail else ""))
-        if now >= next_line:
-            progress(f"waiting for {what} at {url}" + (f": {detail}" if detail else ""))
-            next_line = now + PROGRESS_EVERY_S
-        time.sleep(min(1.0, deadline.left()))
+        ok, seen["detail"] = answer if isinstance(answer, tuple) else (answer, "")
+        if not ok and time.monotonic() >= seen["next_line"]:
+            progress(f"waiting for {what} at {url}" + (f": {seen['detail']}" if seen["detail"] else ""))
+            seen["next_line"] = time.monotonic() + PROGRESS_EVERY_S
+        return ok
+
+    try:
+        wait_until(ready, max(0.0, deadline.left()), interval=1.0)
+    except WaitTimeout:
+        detail = seen["detail"]
+        raise MlopsError(f"{what} at {url} not ready after {time.monotonic() - started:.0f} s (bootstrap timeout "
+                         f"{deadline.seconds:.0f} s)" + (f": {detail}" if detail else "")) from None
+    progress(f"{what} ready at {url}" + (f" ({seen['detail']})" if seen["detail"] else ""))
 
 
 def _wait_for_dag(airflow: AirflowClient, dag_id: str, deadline: Deadline, progress: Callable[[str], None]) -> None:
@@ -266,10 +275,8 @@ def _wait_for_dag(airflow: AirflowClient, dag_id: str, deadline: Deadline, progr
     if airflow.dag(dag_id) is not None:
         return
     progress(f"{dag_id}: waiting for Airflow to parse it")
-    while deadline.left() > 0:
-        time.sleep(min(2.0, deadline.left()))
-        if airflow.dag(dag_id) is not None:
-            return
+    if wait_until(lambda: airflow.dag(dag_id) is not None, max(0.0, deadline.left()), interval=2.0, default=False):
+        return
     errors = "; ".join(one_line(f"{e.get('filename')}: {e.get('stack_trace', '')}", 200)
                        for e in airflow.import_errors())
     raise AirflowError(f"Airflow at {airflow.base_url} does not know DAG {dag_id}"
@@ -281,16 +288,14 @@ def _alias_version(tracking_uri: str, model: str, alias: str) -> int | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return int(make_client(tracking_uri).get_model_version_by_alias(model, alias).version)
+        return alias_version(make_client(tracking_uri), model, alias)
     except (MlflowException, MlopsError, OSError, ValueError):
         return None
 
 
 def _http_ok(url: str, timeout: float) -> tuple[bool, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
-            return response.status == 200, f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code}"
-    except OSError as exc:
-        return False, one_line(getattr(exc, "reason", exc))
+        status = http.get(url, timeout).status
+    except http.Unreachable as exc:
+        return False, one_line(exc.reason)
+    return status == 200, f"HTTP {status}"

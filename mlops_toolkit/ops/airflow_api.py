@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlops_toolkit.errors import MlopsError, one_line
+from mlops_toolkit import http
+from mlops_toolkit.errors import MlopsError, ValidationError, one_line
+from mlops_toolkit.waiting import WaitTimeout, wait_until
 
 SUCCESS, FAILED = "success", "failed"
 FINISHED_RUN_STATES = {SUCCESS, FAILED}
@@ -130,29 +129,33 @@ class AirflowClient:
                      interval: float = 2.0) -> DagRun:
         """Poll until the run finishes; return it on success, raise one line naming the DAG,
         the run and the failed task otherwise (or when ``timeout`` seconds pass first)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
-            run = self.dag_run(run.dag_id, run.run_id)
-            tasks = self.task_instances(run.dag_id, run.run_id) if run.state != SUCCESS else []
-            line = f"{run.dag_id} {run.run_id}: {run.state}" + (f" ({_task_summary(tasks)})" if tasks else "")
-            if line != last:
+        seen = {"line": "", "run": run, "tasks": []}
+
+        def finished() -> DagRun | None:
+            current = seen["run"] = self.dag_run(run.dag_id, run.run_id)
+            tasks = seen["tasks"] = self.task_instances(run.dag_id, run.run_id) if current.state != SUCCESS else []
+            line = f"{current.dag_id} {current.run_id}: {current.state}" + (f" ({_task_summary(tasks)})" if tasks else "")
+            if line != seen["line"]:
                 on_progress(line)
-                last = line
-            if run.state == SUCCESS:
-                return run
-            if run.state in FINISHED_RUN_STATES or run.state not in {"queued", "running"}:
+                seen["line"] = line
+            if current.state == SUCCESS:
+                return current
+            if current.state in FINISHED_RUN_STATES or current.state not in {"queued", "running"}:
                 failed = [t for t in tasks if t.get("state") in FAILED_TASK_STATES]
                 where = "; ".join(f"task {t['task_id']} {t['state']} (try {t.get('try_number', '?')})" for t in failed)
                 raise AirflowError(
-                    f"DAG {run.dag_id} run {run.run_id} ended {run.state}"
+                    f"DAG {current.dag_id} run {current.run_id} ended {current.state}"
                     + (f": {where}" if where else "")
-                    + f"; task logs: {self.base_url}/dags/{_q(run.dag_id)}/runs/{_q(run.run_id)}"
+                    + f"; task logs: {self.base_url}/dags/{_q(current.dag_id)}/runs/{_q(current.run_id)}"
                 )
-            if time.monotonic() >= deadline:
-                raise AirflowError(f"DAG {run.dag_id} run {run.run_id} still {run.state} after {timeout:.0f} s"
-                                   + (f" ({_task_summary(tasks)})" if tasks else ""))
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            return None
+
+        try:
+            return wait_until(finished, timeout, interval)
+        except WaitTimeout:
+            current, tasks = seen["run"], seen["tasks"]
+            raise AirflowError(f"DAG {current.dag_id} run {current.run_id} still {current.state} after {timeout:.0f} s"
+                               + (f" ({_task_summary(tasks)})" if tasks else "")) from None
 
     # -- HTTP ------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
@@ -169,29 +172,24 @@ class AirflowClient:
     def _send(self, method: str, path: str, body: Any, auth: bool) -> Any:
         url = self.base_url + path
         headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
         if auth:
             headers["Authorization"] = f"Bearer {self._token}"
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.request_timeout) as response:  # noqa: S310 (http only)
-                payload = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = _detail(exc)
-            message = f"{method} {url} answered HTTP {exc.code}" + (f": {detail}" if detail else "")
-            if exc.code in (401, 403):
-                if exc.code == 403:
-                    message += f" (user {self.username!r} lacks the permission: give it the Admin or Op role)"
-                raise AirflowAuthError(message) from None
-            if exc.code == 404:
-                raise AirflowNotFoundError(message) from None
-            raise AirflowError(message) from None
-        except (OSError, ValueError) as exc:  # refused, timeout, DNS, bad URL
+            response = http.request(method, url, json_body=body, headers=headers, timeout=self.request_timeout)
+        except (http.Unreachable, ValidationError) as exc:  # refused, timeout, DNS, bad URL
             reason = f"{method} {path}: {one_line(getattr(exc, 'reason', exc))}"
             raise AirflowUnavailableError(f"Airflow API at {self.base_url} did not answer {reason}", reason) from None
+        if not response.ok:
+            detail = _detail(response.text())
+            message = f"{method} {url} answered HTTP {response.status}" + (f": {detail}" if detail else "")
+            if response.status in (401, 403):
+                if response.status == 403:
+                    message += f" (user {self.username!r} lacks the permission: give it the Admin or Op role)"
+                raise AirflowAuthError(message)
+            if response.status == 404:
+                raise AirflowNotFoundError(message)
+            raise AirflowError(message)
+        payload = response.body
         try:
             return json.loads(payload) if payload else {}
         except ValueError:
@@ -214,13 +212,9 @@ def _task_summary(tasks: list[dict]) -> str:
     return ", ".join(f"{t['task_id']}={t.get('state') or 'none'}" for t in tasks)
 
 
-def _detail(exc: urllib.error.HTTPError) -> str:
+def _detail(raw: str) -> str:
     """FastAPI's ``{"detail": ...}`` as one line. Validation errors (422) carry the request
     body in ``input``: only their ``loc`` and ``msg`` are kept, so a password never shows."""
-    try:
-        raw = exc.read().decode(errors="replace")
-    except OSError:
-        return ""
     try:
         detail = json.loads(raw).get("detail", raw)
     except (ValueError, AttributeError):

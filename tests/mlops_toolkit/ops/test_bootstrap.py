@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops_toolkit.local_server import free_port, pid_running
+from mlops_toolkit.ops.processes import free_port, pid_running
 from tests.conftest import _postgres_database, need, repo_root
-from tests.mlops_autoserve.support import Watcher, http_json, wait_for
+from tests.harness import Watcher, http_json, wait_for
 
 PASSWORD = "bootstrap-" + secrets.token_hex(8)  # known to the test, never printed by the CLI
 DAGS_FOLDER = repo_root() / "dags"
@@ -177,7 +177,7 @@ def airflow_stack(tmp_path_factory, tracking_uri, app_db_url) -> Iterator[Airflo
 
 
 def _port_open(port: int) -> bool:
-    from mlops_toolkit.local_server import port_is_open
+    from mlops_toolkit.ops.processes import port_is_open
 
     return port_is_open("127.0.0.1", port)
 
@@ -296,7 +296,7 @@ def test_wrong_airflow_password_is_one_line_naming_the_url_and_401(airflow_stack
 @pytest.mark.slow
 def test_a_failed_run_names_the_dag_and_run_and_a_stuck_one_times_out(airflow_stack):
     """Real runs of a DAG left paused: one stays queued (timeout), one is marked failed."""
-    from mlops_toolkit.airflow_api import AirflowClient, AirflowError
+    from mlops_toolkit.ops.airflow_api import AirflowClient, AirflowError
 
     client = AirflowClient(airflow_stack.url, "admin", PASSWORD)
     wait_for(lambda: client.dag("dag_model_monitoring"), 60, interval=1, what="dag_model_monitoring parsed")
@@ -353,7 +353,7 @@ def test_reset_frees_experiment_names_even_when_already_soft_deleted(tracking_ur
                                                                      make_model):
     import mlflow
 
-    from mlops_toolkit.bootstrap import reset_mlflow
+    from mlops_toolkit.ops.bootstrap import reset_mlflow
 
     model = make_model(versions=2)
     live, deleted, absent = unique_name("reset-live"), unique_name("reset-deleted"), unique_name("reset-absent")
@@ -377,8 +377,8 @@ def test_reset_frees_experiment_names_even_when_already_soft_deleted(tracking_ur
 
 
 def test_reset_defaults_name_the_experiments_the_dags_log_to():
-    from mlops_toolkit import drift
-    from mlops_toolkit.bootstrap import RESET_EXPERIMENTS
+    from mlops_toolkit.batch import drift
+    from mlops_toolkit.ops.bootstrap import RESET_EXPERIMENTS
 
     training_dag = (DAGS_FOLDER / "dag_training.py").read_text()
     assert re.search(r'os\.environ\.get\("MLOPS_EXPERIMENT", "([^"]+)"\)', training_dag).group(1) in RESET_EXPERIMENTS

@@ -12,8 +12,22 @@ import os
 from collections.abc import Callable, Iterable
 
 from sqlalchemy import (
-    JSON, Column, Date, DateTime, Float, Integer, MetaData, String, Table, UniqueConstraint, create_engine, delete,
-    func, insert, select, text,
+    JSON,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 

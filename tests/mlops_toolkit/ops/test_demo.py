@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_toolkit.local_server import free_port, pid_running, port_is_open
+from mlops_toolkit.ops.processes import free_port, pid_running, port_is_open
 
 pytestmark = pytest.mark.slow
 

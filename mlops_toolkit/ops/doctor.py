@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlops_toolkit import http
 from mlops_toolkit.config import registry, settings
 from mlops_toolkit.connection import PROBE_TIMEOUT_S, probe_tracking_server
 from mlops_toolkit.errors import one_line
@@ -61,9 +61,9 @@ def _tracking(uri: str) -> str:
     if not uri.startswith(("http://", "https://")):
         return f"{uri} (local store)"
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/version", timeout=PROBE_TIMEOUT_S) as r:  # noqa: S310
-            version = r.read(64).decode().strip()
-    except OSError:
+        answer = http.get(uri.rstrip("/") + "/version", PROBE_TIMEOUT_S, max_bytes=64)
+        version = answer.text().strip() if answer.ok else "unknown version"
+    except http.Unreachable:
         version = "unknown version"
     return f"{uri} is up, MLflow {version}"
 

@@ -1,22 +1,20 @@
 """Calls to the autoserve gateway, shared by ``mlops demo`` and ``mlops bootstrap``.
 
 Both need the same two things: is ``model@alias`` served yet (its ``/endpoints``
-state), and one prediction with the version that answered. Plain urllib,
-so a one-shot job needs nothing beyond the toolkit.
+state, from the admin port), and one prediction with the version that answered.
 """
 
 from __future__ import annotations
 
 import json
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlops_toolkit import http
 from mlops_toolkit.errors import MlopsError, one_line
+from mlops_toolkit.waiting import WaitTimeout, wait_until
 
 
 @dataclass(frozen=True)
@@ -28,18 +26,9 @@ class Prediction:
     payload: dict
 
 
-def get_json(url: str, timeout: float = 2.0) -> Any | None:
-    """GET ``url`` as JSON, or None when it does not answer 200 with JSON (callers poll)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
-            return json.loads(response.read())
-    except (OSError, ValueError):
-        return None
-
-
-def endpoints(gateway: str, timeout: float = 2.0) -> list[dict] | None:
-    """The gateway's routes (``GET /endpoints``), or None while it does not answer."""
-    data = get_json(f"{gateway.rstrip('/')}/endpoints", timeout)
+def endpoints(gateway_admin: str, timeout: float = 2.0) -> list[dict] | None:
+    """The gateway's routes (``GET /endpoints`` on its admin port), or None while it does not answer."""
+    data = http.get_json(f"{gateway_admin.rstrip('/')}/endpoints", timeout)
     return data if isinstance(data, list) else None
 
 
@@ -50,7 +39,7 @@ def serve_url(gateway: str, model: str, alias: str, path: str = "invocations") -
 
 
 def wait_until_served(
-    gateway: str,
+    gateway_admin: str,
     model: str,
     aliases: Iterable[str],
     timeout: float,
@@ -67,13 +56,13 @@ def wait_until_served(
     registry says now), so a route still on the previous version does not count as served.
     """
     aliases = list(aliases)
-    deadline = time.monotonic() + timeout
-    last_line = ""
-    while True:
+    last = {"line": ""}
+
+    def served() -> list[dict] | None:
         if alive is not None:
             alive()
         wanted = dict(versions()) if versions is not None else {}
-        states = {e.get("alias"): e for e in endpoints(gateway) or [] if e.get("model") == model}
+        states = {e.get("alias"): e for e in endpoints(gateway_admin) or [] if e.get("model") == model}
         parts, done = [], True
         for alias in aliases:
             endpoint = states.get(alias)
@@ -92,41 +81,42 @@ def wait_until_served(
             parts.append(text)
             done = done and ok
         line = ", ".join(parts)
-        if line != last_line:
+        if line != last["line"]:
             on_progress(f"serving: {line}")
-            last_line = line
-        if done:
-            return [states[a] for a in aliases]
-        if time.monotonic() >= deadline:
-            raise MlopsError(f"endpoints not ready after {timeout:.0f} s: {last_line}")
-        time.sleep(interval)
+            last["line"] = line
+        return [states[a] for a in aliases] if done else None
+
+    try:
+        return wait_until(served, timeout, interval)
+    except WaitTimeout:
+        raise MlopsError(f"endpoints not ready after {timeout:.0f} s: {last['line']}") from None
 
 
 def predict(gateway: str, model: str, alias: str, payload: dict, timeout: float = 30.0) -> Prediction:
     """POST ``payload`` to ``model@alias`` through the gateway; one readable error otherwise."""
     url = serve_url(gateway, model, alias)
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http only)
-            body = json.loads(response.read())
-            version = response.headers.get("X-Model-Version")
-    except urllib.error.HTTPError as exc:
-        detail = one_line(exc.read().decode(errors="replace") or exc.reason, 200)
-        raise MlopsError(f"POST {url} answered HTTP {exc.code}: {detail}") from None
-    except (OSError, ValueError) as exc:
-        raise MlopsError(f"POST {url} failed: {one_line(exc)}") from None
+        response = http.request("POST", url, json_body=payload, timeout=timeout)
+    except http.Unreachable as exc:
+        raise MlopsError(f"POST {url} failed: {one_line(exc.reason)}") from None
+    if response.status != 200:
+        raise MlopsError(f"POST {url} answered HTTP {response.status}: {one_line(response.text(2000), 200)}")
+    try:
+        body = response.json()
+    except ValueError:
+        raise MlopsError(f"POST {url} answered 200 with a body that is not JSON") from None
+    version = response.headers.get("X-Model-Version")
     predictions = body.get("predictions", body) if isinstance(body, dict) else body
     return Prediction(model, alias, int(version) if version and version.isdigit() else None, predictions, payload)
 
 
 def iris_payload(rows: int = 2) -> dict:
     """The sample the demo and the bootstrap send: the first iris training rows, ``dataframe_split``."""
-    from mlops_toolkit.training import load_iris_split
+    from mlops_toolkit.batch.training import load_iris_split
 
     X_train, _, _, _ = load_iris_split()
     return {"dataframe_split": json.loads(X_train.head(rows).to_json(orient="split", index=False))}
 
 
-__all__ = ["Prediction", "endpoints", "get_json", "iris_payload", "predict", "serve_url",
+__all__ = ["Prediction", "endpoints", "iris_payload", "predict", "serve_url",
            "wait_until_served"]
