@@ -145,6 +145,9 @@ def test_killed_deployment_is_restored(watcher, served_model):
     model, v3 = served_model.name, served_model.good[2]
     old_pid = _pid(watcher, v3)
     os.killpg(old_pid, signal.SIGKILL)
+    # Seen dead first (the new process may get the same port: a ready route with the old URL
+    # proves nothing), then routed to the new process.
+    wait_for(lambda: watcher.endpoints()["Production"]["state"] != "ready", 15, interval=0.05, what="v3 seen dead")
     wait_for(lambda: watcher.endpoint_ready("Production", v3) and _pid(watcher, v3) != old_pid, DEPLOY_TIMEOUT,
              what="v3 restarted")
     assert watcher.invoke(model, "Production")[0] == 200

@@ -66,6 +66,7 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.table = TableFile(table_path(settings.state_dir))
         self.session: aiohttp.ClientSession | None = None
+        self.fresh_session: aiohttp.ClientSession | None = None
         self.replicas: dict[str, _ReplicaState] = {}  # by backend URL
         self.route_inflight: dict[tuple[str, str], int] = {}
         self.started = time.time()
@@ -98,18 +99,21 @@ class Gateway:
 
     async def _open(self, app: web.Application) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=BACKEND_KEEPALIVE_S)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
-            timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout, sock_connect=2),
-        )
+        options = {"auto_decompress": False, "skip_auto_headers": ("User-Agent",),
+                   "timeout": aiohttp.ClientTimeout(total=self.settings.request_timeout, sock_connect=2)}
+        self.session = aiohttp.ClientSession(connector=connector, **options)
+        # Retries go over a new TCP connection: the pool may hold several connections to a
+        # backend that restarted on the same port, all of them dead.
+        self.fresh_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True), **options)
         self.table.refresh()
         self._tasks = [asyncio.create_task(self._follow_table()), asyncio.create_task(self._readmit())]
 
     async def _close(self, app: web.Application) -> None:
         for task in self._tasks:
             task.cancel()
-        if self.session is not None:
-            await self.session.close()
+        for session in (self.session, self.fresh_session):
+            if session is not None:
+                await session.close()
 
     async def _follow_table(self) -> None:
         while True:
@@ -222,7 +226,7 @@ class Gateway:
     async def _send(self, route: RouteEntry, method: str, path: str, body: bytes | None, headers: dict) -> web.Response:
         tried: set[str] = set()
         last_problem = "no replica"
-        for _ in range(2):  # the first try and one retry on another replica
+        for attempt in range(2):  # the first try and one retry on another replica
             latest = self.table.table.get(route.model, route.alias) or route  # a switch may have happened
             # Another replica if there is one; else the same one again on a fresh connection (a
             # pooled connection to a backend that restarted on the same port fails this way).
@@ -234,7 +238,8 @@ class Gateway:
             state.inflight += 1
             version = str(latest.version if replica in latest.replicas else route.version)
             try:
-                async with self.session.request(method, replica.url + path, data=body, headers=headers) as resp:
+                session = self.session if attempt == 0 else self.fresh_session
+                async with session.request(method, replica.url + path, data=body, headers=headers) as resp:
                     try:
                         payload = await resp.read()
                     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # started: never retried

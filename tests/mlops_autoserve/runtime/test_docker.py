@@ -118,6 +118,8 @@ def test_container_killed_from_outside_is_replaced(watcher, served_model, docker
     model, v2 = served_model.name, served_model.good[1]
     old = _containers(docker_client, model)[v2]
     old.kill()
+    # Seen dead first, then served by the replacement (not the route table from before the kill).
+    wait_for(lambda: watcher.endpoints()["dockerprod"]["state"] != "ready", 15, interval=0.05, what="seen dead")
     wait_for(lambda: watcher.endpoint_ready("dockerprod", v2) and v2 in _containers(docker_client, model)
              and _containers(docker_client, model)[v2].id != old.id, DEPLOY_TIMEOUT, what="replacement")
     assert watcher.invoke(model, "dockerprod")[0] == 200
