@@ -34,6 +34,7 @@ from mlops_toolkit.jsonlog import configure_json_logging
 from mlops_toolkit.promotion import PromotionDecision, promote_best
 from mlops_toolkit.registry import ModelSummary, VersionInfo, list_models, list_versions
 from mlops_toolkit.runs import Run, start_run
+from mlops_toolkit.shadow import Shadow, clear_shadow, list_shadows, set_shadow
 
 try:
     __version__ = _version("mlops-toolkit")
@@ -50,21 +51,25 @@ __all__ = [
     "PromotionDecision",
     "Run",
     "Settings",
+    "Shadow",
     "TrackingUnavailableError",
     "ValidationError",
     "VersionInfo",
     "__version__",
     "alias_history",
+    "clear_shadow",
     "configure",
     "configure_json_logging",
     "delete_alias",
     "get_alias",
     "list_aliases",
     "list_models",
+    "list_shadows",
     "list_versions",
     "promote_best",
     "rollback_alias",
     "set_alias",
+    "set_shadow",
     "settings",
     "start_run",
 ]

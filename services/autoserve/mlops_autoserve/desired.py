@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.registry import alias_map, iter_registered_models
+from mlops_toolkit.shadow import Shadow, shadows_of
 
 log = logging.getLogger("autoserve.desired")
 
@@ -26,6 +27,7 @@ MAX_REPLICAS = 32
 class Desired:
     routes: dict[RouteKey, int] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)  # models whose tag overrides --replicas
+    shadows: dict[RouteKey, Shadow] = field(default_factory=dict)  # (model, mirrored alias) -> its shadow
 
 
 class RegistryReader:
@@ -49,6 +51,9 @@ class RegistryReader:
                 if self.settings.wants(model.name, alias):
                     desired.routes[(model.name, alias)] = version
                     wanted = True
+            for shadow in shadows_of(model):
+                if self.settings.wants(model.name, shadow.of) and self.settings.wants(model.name, shadow.alias):
+                    desired.shadows[(model.name, shadow.of)] = shadow
             raw = (model.tags or {}).get(REPLICAS_TAG)
             if wanted and raw is not None:
                 count = self._replicas(model.name, raw)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import random
 import signal
 import time
 from datetime import datetime, timezone
@@ -33,8 +34,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mlops_autoserve.metrics import GatewayMetrics
-from mlops_autoserve.routetable import Replica, RouteEntry, TableFile, table_path
+from mlops_autoserve.routetable import (
+    Replica,
+    RouteEntry,
+    ShadowTarget,
+    TableFile,
+    table_path,
+)
 from mlops_autoserve.settings import GatewaySettings
+from mlops_autoserve.shadowing import compare
 from mlops_toolkit.errors import MlopsError, ValidationError
 
 log = logging.getLogger("autoserve.gateway")
@@ -60,6 +68,83 @@ class _ReplicaState:
         self.ejected_at: float | None = None
 
 
+class ShadowCopies:
+    """Copies of answered requests, sent to the shadow alias off the request path.
+
+    A bounded queue: when it is full a copy is dropped and counted, never waited for. Each
+    copy goes to the shadow's least-loaded replica with the gateway's request timeout; its
+    answer is compared with the one the caller got (``shadowing.compare``).
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.metrics = gateway.metrics
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=gateway.settings.shadow_queue)
+        self._random = random.Random()
+
+    def start(self) -> list[asyncio.Task]:
+        return [asyncio.create_task(self._work()) for _ in range(self.gateway.settings.shadow_workers)]
+
+    def offer(self, route: RouteEntry, body: bytes | None, headers: dict, answer: bytes) -> None:
+        shadow = route.shadow
+        if shadow is None or self._random.random() * 100 >= shadow.percent:
+            return
+        try:
+            self.queue.put_nowait((route.model, shadow, body, headers, answer))
+        except asyncio.QueueFull:
+            self._count(route.model, shadow, "dropped")
+
+    async def _work(self) -> None:
+        while True:
+            model, shadow, body, headers, answer = await self.queue.get()
+            try:
+                await self._send(model, shadow, body, headers, answer)
+            except Exception:  # noqa: BLE001 - a shadow copy must never take a worker down
+                log.exception("shadow copy failed", extra={"model": model, "alias": shadow.alias})
+                self._count(model, shadow, "error")
+            finally:
+                self.queue.task_done()
+
+    async def _send(self, model: str, shadow: ShadowTarget, body: bytes | None, headers: dict, answer: bytes) -> None:
+        replica = min(shadow.replicas, key=lambda r: self.gateway._state(r.url).inflight, default=None)
+        if replica is None:
+            self._count(model, shadow, "error")
+            return
+        state = self.gateway._state(replica.url)
+        state.inflight += 1
+        started = time.perf_counter()
+        try:
+            async with self.gateway.session.post(replica.url + "/invocations", data=body, headers=headers) as resp:
+                payload = await resp.read()
+                status = resp.status
+        except asyncio.TimeoutError:
+            self._count(model, shadow, "timeout")
+            return
+        except aiohttp.ClientError:
+            self._count(model, shadow, "error")
+            return
+        finally:
+            state.inflight -= 1
+        self.metrics.shadow_latency.labels(model, shadow.alias).observe(time.perf_counter() - started)
+        if status != 200:
+            self._count(model, shadow, "error")
+            return
+        result = compare(answer, payload, shadow.compare)
+        labels = (model, shadow.alias, str(shadow.version))
+        if result.kind == "mismatch":
+            self._count(model, shadow, "mismatch")
+            return
+        self._count(model, shadow, "ok")
+        self.metrics.shadow_compared.labels(*labels).inc(result.rows)
+        if result.kind == "classification":
+            self.metrics.shadow_agreement.labels(*labels).inc(result.agree)
+        else:
+            self.metrics.shadow_abs_diff.labels(*labels).inc(result.abs_diff_sum)
+
+    def _count(self, model: str, shadow: ShadowTarget, result: str) -> None:
+        self.metrics.shadow_requests.labels(model, shadow.alias, str(shadow.version), result).inc()
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
@@ -73,6 +158,7 @@ class Gateway:
         self._counters: dict[tuple[str, str, str, str], object] = {}
         self._timers: dict[tuple[str, str], object] = {}
         self._tasks: list[asyncio.Task] = []
+        self.shadows = ShadowCopies(self)
 
     # -- applications --------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -106,7 +192,8 @@ class Gateway:
         # backend that restarted on the same port, all of them dead.
         self.fresh_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True), **options)
         self.table.refresh()
-        self._tasks = [asyncio.create_task(self._follow_table()), asyncio.create_task(self._readmit())]
+        self._tasks = [asyncio.create_task(self._follow_table()), asyncio.create_task(self._readmit()),
+                       *self.shadows.start()]
 
     async def _close(self, app: web.Application) -> None:
         for task in self._tasks:
@@ -174,7 +261,10 @@ class Gateway:
             except web.HTTPRequestEntityTooLarge:
                 return error(413, f"request body over {self.settings.max_body_mb:g} MB", model=model, alias=alias)
             headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-            return await self._send(route, method, path, body, headers)
+            response = await self._send(route, method, path, body, headers)
+            if route.shadow is not None and path == "/invocations" and response.status == 200:
+                self.shadows.offer(route, body, headers, response.body)  # after the answer: never waited for
+            return response
         finally:
             self.route_inflight[key] -= 1
 
@@ -312,6 +402,9 @@ class Gateway:
             "ready_replicas": sum(1 for r in replicas if r["state"] == "ready"),
             "since": datetime.fromtimestamp(route.since, tz=timezone.utc).isoformat(timespec="seconds"),
             "last_error": route.last_error,
+            "shadow": None if route.shadow is None else {
+                "alias": route.shadow.alias, "version": route.shadow.version, "percent": route.shadow.percent,
+                "compare": route.shadow.compare, "replicas": len(route.shadow.replicas)},
         }
 
     async def inflight_page(self, request: web.Request) -> web.Response:

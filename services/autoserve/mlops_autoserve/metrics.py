@@ -58,6 +58,26 @@ class GatewayMetrics:
         self.ejections_total = Counter(
             "autoserve_replica_ejections", "Replicas taken out of rotation after consecutive failures", registry=r
         )
+        self.shadow_requests = Counter(
+            "autoserve_shadow_requests", "Shadow copies by result (ok, error, timeout, dropped, mismatch); "
+            "alias and version are the shadow's", ["model", "alias", "version", "result"], registry=r,
+        )
+        self.shadow_compared = Counter(
+            "autoserve_shadow_compared", "Prediction values compared between the caller's answer and the shadow's",
+            ["model", "alias", "version"], registry=r,
+        )
+        self.shadow_agreement = Counter(
+            "autoserve_shadow_agreement", "Compared values that were equal (classification)",
+            ["model", "alias", "version"], registry=r,
+        )
+        self.shadow_abs_diff = Counter(
+            "autoserve_shadow_abs_diff", "Sum of |caller's value - shadow's value| (regression)",
+            ["model", "alias", "version"], registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "autoserve_shadow_latency_seconds", "Latency of shadow copies", ["model", "alias"],
+            registry=r, buckets=LATENCY_BUCKETS,
+        )
         self.table_serial = Gauge(
             "autoserve_route_table_serial", "Serial of the route table the gateway serves", registry=r
         )

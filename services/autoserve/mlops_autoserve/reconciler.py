@@ -38,6 +38,7 @@ from mlops_autoserve.routetable import (
     Replica,
     RouteEntry,
     RouteTable,
+    ShadowTarget,
     TablePublisher,
     table_path,
 )
@@ -204,7 +205,8 @@ class Reconciler:
             if current is not None and current.version is not None and current.version != route.desired_version:
                 self._moved_seen.setdefault(route_key, (route.desired_version, time.monotonic()))
         self.routes = MappingProxyType(result.routes)
-        self.publisher.publish(tuple(_entry(r) for r in result.routes.values()))
+        self.publisher.publish(tuple(_entry(r, _shadow_target(key, desired, result.routes))
+                                     for key, r in result.routes.items()))
         self._unrouted_since = result.unrouted_since
         for key, replica, aliases in result.deploy:
             self._submit_deploy(key, replica, aliases)
@@ -369,10 +371,22 @@ class Reconciler:
             gauge.labels(route.model, route.alias, str(version), str(route.state)).set(1)
 
 
-def _entry(route: Route) -> RouteEntry:
-    replicas = tuple(Replica(d.url, d.ident, d.replica) for d in route.deployments)
+def _replicas(route: Route) -> tuple[Replica, ...]:
+    return tuple(Replica(d.url, d.ident, d.replica) for d in route.deployments)
+
+
+def _entry(route: Route, shadow: ShadowTarget | None = None) -> RouteEntry:
     return RouteEntry(route.model, route.alias, route.desired_version, route.version, str(route.state), route.since,
-                      route.last_error, replicas)
+                      route.last_error, _replicas(route), shadow)
+
+
+def _shadow_target(key: RouteKey, desired: Desired, routes: dict[RouteKey, Route]) -> ShadowTarget | None:
+    """Where the gateway copies ``key``'s requests: the shadow alias's ready replicas, if any."""
+    shadow = desired.shadows.get(key)
+    target = routes.get((key[0], shadow.alias)) if shadow else None
+    if shadow is None or target is None or not target.deployments:
+        return None
+    return ShadowTarget(shadow.alias, target.version, shadow.percent, shadow.compare, _replicas(target))
 
 
 def _fields(item: DeploymentKey | Deployment) -> dict:

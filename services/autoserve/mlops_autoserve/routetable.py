@@ -29,6 +29,17 @@ class Replica:
 
 
 @dataclass(frozen=True)
+class ShadowTarget:
+    """Where copies of a route's requests go (``mlops shadow set``), and how they are compared."""
+
+    alias: str
+    version: int
+    percent: float
+    compare: str  # auto | classification | regression
+    replicas: tuple[Replica, ...] = ()
+
+
+@dataclass(frozen=True)
 class RouteEntry:
     """Where one (model, alias) goes, as the watcher last decided."""
 
@@ -40,6 +51,7 @@ class RouteEntry:
     since: float  # unix time the serving version took the route
     last_error: str | None = None
     replicas: tuple[Replica, ...] = ()
+    shadow: ShadowTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -73,10 +85,18 @@ def from_json(text: str) -> RouteTable:
     if int(data.get("format", 0)) > FORMAT:
         raise ValueError(f"route table format {data['format']} is newer than this gateway understands")
     routes = tuple(
-        RouteEntry(**{**r, "replicas": tuple(Replica(**rep) for rep in r.get("replicas", ()))})
+        RouteEntry(**{**r, "replicas": _replicas(r), "shadow": _shadow(r.get("shadow"))})
         for r in data.get("routes", ())
     )
     return RouteTable(int(data["serial"]), float(data.get("published_at", 0.0)), routes)
+
+
+def _replicas(data: dict) -> tuple[Replica, ...]:
+    return tuple(Replica(**rep) for rep in data.get("replicas", ()))
+
+
+def _shadow(data: dict | None) -> ShadowTarget | None:
+    return ShadowTarget(**{**data, "replicas": _replicas(data)}) if data else None
 
 
 def write(path: Path, table: RouteTable) -> None:

@@ -76,6 +76,8 @@ class GatewaySettings:
     eject_after: int = 3  # consecutive failures take a replica out of rotation
     readmit_interval: float = 1.0  # seconds between GET /ping of ejected replicas
     auth_token: str | None = None  # bearer token required on /serve when set
+    shadow_queue: int = 1000  # shadow copies waiting to be sent; beyond it they are dropped (counted)
+    shadow_workers: int = 4  # shadow copies in flight at once
 
     @property
     def max_body_bytes(self) -> int:
