@@ -121,3 +121,30 @@ def test_a_table_serial_only_grows_and_unchanged_routes_are_not_rewritten(tmp_pa
     again = _reconciler(tmp_path, runtime, FakeReader(Desired({(M, "Production"): 1, (M, "challenger"): 1})))
     again.reconcile_once()
     assert read(table_path(tmp_path)).serial == first.serial + 1
+
+
+def test_watcher_health_is_stale_when_cycles_keep_failing_not_only_when_they_stop(tmp_path):
+    """A loop that runs but cannot read the registry is not healthy: /health says why (503)."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from mlops_autoserve.control import ControlApi
+
+    metrics = AutoserveMetrics()
+    reconciler = _reconciler(tmp_path, FakeRuntime(), FakeReader(None))
+    reconciler.metrics = metrics
+    api = ControlApi(reconciler.settings, reconciler, metrics)
+
+    async def health() -> tuple[int, dict]:
+        async with TestClient(TestServer(api.app())) as client:
+            response = await client.get("/health")
+            return response.status, await response.json()
+
+    reconciler.reconcile_once()  # the registry is down: the cycle ran, and failed
+    status, body = asyncio.run(health())
+    assert status == 200 and body["problems"] == []  # a short outage is not yet a problem
+    reconciler.failing_since -= 120  # two minutes of failing cycles
+    status, body = asyncio.run(health())
+    assert status == 503 and body["status"] == "stale"
+    assert body["problems"] == ["cycles failing for 120 s: registry unreachable"]
