@@ -94,6 +94,13 @@ def live_stack(tmp_path_factory, iris_data) -> Iterator[LiveStack]:
         good, broken = _register_model(model, iris_data)
         mt.set_alias(model, "Production", good)
         mt.set_alias(model, "broken", broken)
+        # Shadows on the same version: their copies reach the same deployment, so the shadow
+        # series the Rollouts dashboard and alert use exist without one more model server
+        # (one compared as labels, one as numbers: each kind has its own counter).
+        for alias in ("challenger", "staging", "canary"):
+            mt.set_alias(model, alias, good)
+        mt.set_shadow(model, "challenger", of="Production")
+        mt.set_shadow(model, "canary", of="staging", compare="regression")
 
         targets_dir = root / "targets"
         watcher = Watcher(server.uri, root / "autoserve", [model], "--targets-file",
@@ -113,8 +120,15 @@ def live_stack(tmp_path_factory, iris_data) -> Iterator[LiveStack]:
         wait_for(lambda: watcher.endpoint_ready("Production", good), DEPLOY_TIMEOUT,
                  what=f"Production ready (log {watcher.log_path})")
         wait_for(lambda: 'result="failed"' in watcher.metrics_text(), DEPLOY_TIMEOUT, what="a failed deploy")
-        status, _, _ = watcher.invoke(model, "Production")  # labelled request series
-        assert status == 200
+        wait_for(lambda: (watcher.endpoints()["Production"].get("shadow") or {}).get("alias") == "challenger",
+                 DEPLOY_TIMEOUT, what="the shadow in the route table")
+        wait_for(lambda: (watcher.endpoints().get("staging", {}).get("shadow") or {}).get("alias") == "canary",
+                 DEPLOY_TIMEOUT, what="the second shadow in the route table")
+        for alias in ("Production", "staging"):  # labelled request and shadow series
+            assert watcher.invoke(model, alias)[0] == 200
+        wait_for(lambda: all(f"{name}{{" in watcher.metrics_text()
+                             for name in ("autoserve_shadow_agreement_total", "autoserve_shadow_abs_diff_total")),
+                 10, what="both kinds of shadow comparison")
         print(f"\nmonitoring stack ready in {time.monotonic() - started:.1f} s")
         yield LiveStack(server, watcher, pushgateway, blackbox, model, good, broken, targets_dir, root)
     finally:

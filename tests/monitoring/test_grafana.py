@@ -46,7 +46,7 @@ def test_dashboard_provider_reads_the_mounted_directory():
 
 def test_dashboards_are_complete_with_unique_uids():
     boards = dashboards()
-    assert {b["title"] for b in boards.values()} == {"Service Health Detailed", "MLflow Serving", "Batch & Drift"}
+    assert {b["title"] for b in boards.values()} == {"Service Health Detailed", "MLflow Serving", "Batch & Drift", "Rollouts"}
     uids = [b["uid"] for b in boards.values()]
     assert len(set(uids)) == len(uids) and all(0 < len(uid) <= 40 for uid in uids)  # Grafana's uid limit
     for name, board in boards.items():
