@@ -63,6 +63,7 @@ class DemoResult:
     gateway_admin: str
     endpoints: list[dict] = field(default_factory=list)
     predictions: dict[str, dict] = field(default_factory=dict)
+    shadow: dict[str, float] = field(default_factory=dict)  # the challenger shadowing Production
     seconds_to_first_prediction: float = 0.0
 
 
@@ -97,6 +98,7 @@ class Demo:
         for alias in ALIASES:
             result.predictions[alias] = self._predict(gateway, alias)
         result.seconds_to_first_prediction = self.progress.elapsed
+        result.shadow = self._shadow(gateway, admin, result)
         self._summary(result)
         return result
 
@@ -176,6 +178,23 @@ class Demo:
             raise MlopsError(f"autoserve exited with code {self.autoserve.returncode}; "
                              f"see {self.state / 'logs' / 'autoserve.log'}")
 
+    def _shadow(self, gateway: str, admin: str, result: DemoResult, copies: int = 10) -> dict[str, float]:
+        """Put the challenger in Production's shadow and show how often it agrees."""
+        model = self.options.model_name
+        mt.set_shadow(model, "challenger", of="Production")
+        wait_until(lambda: any(e.get("alias") == "Production" and e.get("shadow")
+                               for e in gateway_client.endpoints(admin) or []),
+                   30, interval=0.2, what="the shadow in the gateway's route table")
+        payload = gateway_client.iris_payload(rows=2)
+        for _ in range(copies):
+            gateway_client.predict(gateway, model, "Production", payload)
+        figures = wait_until(lambda: (f := gateway_client.shadow_figures(admin, model)) and f["ok"] >= copies and f,
+                             15, interval=0.2, what=f"{copies} shadow copies answered")
+        versions = {alias: answer["version"] for alias, answer in result.predictions.items()}
+        self.progress(f"shadow: challenger (v{versions['challenger']}) agreed with Production (v{versions['Production']}) "
+                      f"on {figures['agreement']:.0f} of {figures['compared']:.0f} values")
+        return figures
+
     def _predict(self, gateway: str, alias: str) -> dict:
         payload = gateway_client.iris_payload(rows=2)
         answer = gateway_client.predict(gateway, self.options.model_name, alias, payload)
@@ -191,6 +210,9 @@ class Demo:
             f"  MLflow UI        {result.tracking_uri}",
             f"  gateway          {result.gateway}   (/serve/..., /health)",
             f"  gateway admin    {result.gateway_admin}   (GET /endpoints, /metrics)",
+            f"  shadow           {model}@challenger gets a copy of every {model}@Production request; agreed on "
+            f"{result.shadow.get('agreement', 0):.0f} of {result.shadow.get('compared', 0):.0f} values so far "
+            f"(mlops shadow clear {model} stops it)",
         ]
         for endpoint in result.endpoints:
             lines.append(

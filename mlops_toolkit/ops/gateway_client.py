@@ -32,6 +32,27 @@ def endpoints(gateway_admin: str, timeout: float = 2.0) -> list[dict] | None:
     return data if isinstance(data, list) else None
 
 
+def shadow_figures(gateway_admin: str, model: str, timeout: float = 2.0) -> dict[str, float]:
+    """The gateway's shadow counters for ``model`` (admin ``/metrics``), summed over aliases:
+    ``ok`` copies answered, ``compared`` values, ``agreement`` equal values."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = http.get(f"{gateway_admin.rstrip('/')}/metrics", timeout).text()
+    except http.Unreachable:
+        return {}
+    wanted = {"autoserve_shadow_requests": "ok", "autoserve_shadow_compared": "compared",
+              "autoserve_shadow_agreement": "agreement"}
+    figures = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(text):
+        key = wanted.get(family.name)
+        for sample in family.samples if key else ():
+            if sample.name.endswith("_total") and sample.labels.get("model") == model and \
+                    sample.labels.get("result", "ok") == "ok":
+                figures[key] += sample.value
+    return figures
+
+
 def serve_url(gateway: str, model: str, alias: str, path: str = "invocations") -> str:
     """``/serve/{model}/{alias}/...``: model names may hold spaces and dots, so quote them."""
     quoted = f"{urllib.parse.quote(model, safe='')}/{urllib.parse.quote(alias, safe='')}"
@@ -118,5 +139,5 @@ def iris_payload(rows: int = 2) -> dict:
     return {"dataframe_split": json.loads(X_train.head(rows).to_json(orient="split", index=False))}
 
 
-__all__ = ["Prediction", "endpoints", "iris_payload", "predict", "serve_url",
+__all__ = ["Prediction", "endpoints", "iris_payload", "predict", "serve_url", "shadow_figures",
            "wait_until_served"]

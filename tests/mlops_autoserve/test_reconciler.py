@@ -128,7 +128,6 @@ def test_watcher_health_is_stale_when_cycles_keep_failing_not_only_when_they_sto
     import asyncio
 
     from aiohttp.test_utils import TestClient, TestServer
-
     from mlops_autoserve.control import ControlApi
 
     metrics = AutoserveMetrics()

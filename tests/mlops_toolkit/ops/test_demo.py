@@ -59,6 +59,9 @@ def test_demo_twice_in_a_row_predicts_and_leaves_nothing_running(tmp_path):
     assert re.search(r"prediction from iris@Production \(v\d+\): \[\d, \d\]", out)
     assert re.search(r"prediction from iris@challenger \(v\d+\): \[\d, \d\]", out)
     assert "curl -s -X POST http://127.0.0.1:" in out and "stopped; nothing left running" in out
+    # The challenger shadows Production: 10 copies, 2 values each, compared by the gateway.
+    shadow = re.search(r"shadow: challenger \(v\d+\) agreed with Production \(v\d+\) on (\d+) of (\d+) values", out)
+    assert shadow and int(shadow.group(2)) >= 20 and int(shadow.group(1)) <= int(shadow.group(2)), out
     ready = float(re.search(r"Ready in ([\d.]+) s", out).group(1))
     assert ready > 0
     state = tmp_path / ".mlops"
