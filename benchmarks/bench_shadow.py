@@ -19,7 +19,13 @@ import time
 from pathlib import Path
 
 import mlops_toolkit as mt
-from benchmarks.support import ServingStack, closed_loop, percentile, print_table, write_json
+from benchmarks.support import (
+    ServingStack,
+    closed_loop,
+    percentile,
+    print_table,
+    write_json,
+)
 from tests.harness import IRIS_SPLIT, Watcher, wait_for
 
 

@@ -23,6 +23,7 @@ from mlops_toolkit.cli.demo import demo
 from mlops_toolkit.cli.doctor import doctor
 from mlops_toolkit.cli.models import models
 from mlops_toolkit.cli.promote import promote
+from mlops_toolkit.cli.rollout import rollout
 from mlops_toolkit.cli.shadow import shadow
 from mlops_toolkit.errors import MlopsError
 
@@ -72,6 +73,7 @@ main.add_command(doctor)
 main.add_command(demo)
 main.add_command(bootstrap)
 main.add_command(shadow)
+main.add_command(rollout)
 
 
 def _add_plugin_commands(group: click.Group) -> None:

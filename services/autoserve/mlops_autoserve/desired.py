@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.registry import alias_map, iter_registered_models
+from mlops_toolkit.rollout import RUNNING, Rollout, rollouts_of
 from mlops_toolkit.shadow import Shadow, shadows_of
 
 log = logging.getLogger("autoserve.desired")
@@ -28,6 +29,7 @@ class Desired:
     routes: dict[RouteKey, int] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)  # models whose tag overrides --replicas
     shadows: dict[RouteKey, Shadow] = field(default_factory=dict)  # (model, mirrored alias) -> its shadow
+    rollouts: dict[RouteKey, Rollout] = field(default_factory=dict)  # running rollouts, by (model, alias)
 
 
 class RegistryReader:
@@ -51,6 +53,9 @@ class RegistryReader:
                 if self.settings.wants(model.name, alias):
                     desired.routes[(model.name, alias)] = version
                     wanted = True
+            for rollout in rollouts_of(model):
+                if rollout.state == RUNNING and self.settings.wants(model.name, rollout.alias):
+                    desired.rollouts[(model.name, rollout.alias)] = rollout
             for shadow in shadows_of(model):
                 if self.settings.wants(model.name, shadow.of) and self.settings.wants(model.name, shadow.alias):
                     desired.shadows[(model.name, shadow.of)] = shadow

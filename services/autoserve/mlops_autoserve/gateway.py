@@ -22,11 +22,13 @@ Admin endpoints (``/endpoints``, ``/inflight``, ``/metrics``) listen on their ow
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import random
 import signal
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import aiohttp
@@ -145,6 +147,27 @@ class ShadowCopies:
         self.metrics.shadow_requests.labels(model, shadow.alias, str(shadow.version), result).inc()
 
 
+class RecentAnswers:
+    """The last answers per (model, alias, version): what a rollout's gate is judged on."""
+
+    def __init__(self, keep: int = 20_000) -> None:
+        self.keep = keep
+        self._answers: dict[tuple[str, str, str], collections.deque] = {}
+
+    def record(self, model: str, alias: str, version: str, status: int, seconds: float) -> None:
+        key = (model, alias, version)
+        answers = self._answers.get(key)
+        if answers is None:
+            answers = self._answers[key] = collections.deque(maxlen=self.keep)
+        answers.append((time.time(), status, seconds))
+
+    def since(self, model: str, alias: str, version: str, start: float) -> dict:
+        recent = [(status, seconds) for t, status, seconds in self._answers.get((model, alias, version), ()) if t >= start]
+        latencies = sorted(seconds for _, seconds in recent)
+        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] * 1000 if latencies else None
+        return {"requests": len(recent), "errors": sum(1 for status, _ in recent if status >= 500), "p95_ms": p95}
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
@@ -159,6 +182,8 @@ class Gateway:
         self._timers: dict[tuple[str, str], object] = {}
         self._tasks: list[asyncio.Task] = []
         self.shadows = ShadowCopies(self)
+        self.recent = RecentAnswers()
+        self._coin = random.Random()
 
     # -- applications --------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -178,6 +203,7 @@ class Gateway:
         app.add_routes([
             web.get("/endpoints", self.endpoints),
             web.get("/inflight", self.inflight_page),
+            web.get("/stats", self.stats_page),
             web.get("/health", self.health),
             web.get("/metrics", self.metrics_page),
         ])
@@ -244,8 +270,10 @@ class Gateway:
         version = str(route.version) if route and route.version is not None else ""
         response = await self._answer(request, method, path, model, alias, route)
         if path == "/invocations":
-            self._observe(model, alias, response.headers.get("X-Model-Version", version), response.status,
-                          time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            answered_by = response.headers.get("X-Model-Version", version)
+            self._observe(model, alias, answered_by, response.status, seconds)
+            self.recent.record(model, alias, answered_by, response.status, seconds)
         return response
 
     async def _answer(self, request: web.Request, method: str, path: str, model: str, alias: str,
@@ -261,12 +289,19 @@ class Gateway:
             except web.HTTPRequestEntityTooLarge:
                 return error(413, f"request body over {self.settings.max_body_mb:g} MB", model=model, alias=alias)
             headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-            response = await self._send(route, method, path, body, headers)
+            response = await self._send(self._canary_or(route), method, path, body, headers)
             if route.shadow is not None and path == "/invocations" and response.status == 200:
                 self.shadows.offer(route, body, headers, response.body)  # after the answer: never waited for
             return response
         finally:
             self.route_inflight[key] -= 1
+
+    def _canary_or(self, route: RouteEntry) -> RouteEntry:
+        """During a rollout, the candidate's share of the requests goes to the candidate."""
+        canary = route.canary
+        if canary is None or not canary.replicas or self._coin.random() * 100 >= canary.percent:
+            return route
+        return replace(route, version=canary.version, replicas=canary.replicas, canary=None)
 
     def _refuse(self, request: web.Request, model: str, alias: str, route: RouteEntry | None) -> web.Response | None:
         """Every answer that needs no backend: auth, size, unknown route, not ready, full."""
@@ -317,7 +352,9 @@ class Gateway:
         tried: set[str] = set()
         last_problem = "no replica"
         for attempt in range(2):  # the first try and one retry on another replica
-            latest = self.table.table.get(route.model, route.alias) or route  # a switch may have happened
+            # The route as picked for this request (a rollout's candidate, maybe); a retry looks
+            # at the latest table: a switch may have happened.
+            latest = route if attempt == 0 else (self.table.table.get(route.model, route.alias) or route)
             # Another replica if there is one; else the same one again on a fresh connection (a
             # pooled connection to a backend that restarted on the same port fails this way).
             replica = self._pick(latest, tried) or self._pick(latest, set())
@@ -402,10 +439,24 @@ class Gateway:
             "ready_replicas": sum(1 for r in replicas if r["state"] == "ready"),
             "since": datetime.fromtimestamp(route.since, tz=timezone.utc).isoformat(timespec="seconds"),
             "last_error": route.last_error,
+            "canary": None if route.canary is None else {
+                "version": route.canary.version, "percent": route.canary.percent,
+                "replicas": len(route.canary.replicas)},
             "shadow": None if route.shadow is None else {
                 "alias": route.shadow.alias, "version": route.shadow.version, "percent": route.shadow.percent,
                 "compare": route.shadow.compare, "replicas": len(route.shadow.replicas)},
         }
+
+    async def stats_page(self, request: web.Request) -> web.Response:
+        """Answers of one (model, alias, version) since a unix time: a rollout gate's figures."""
+        q = request.query
+        try:
+            since = float(q.get("since", "0"))
+        except ValueError:
+            return error(400, "since must be a unix time")
+        if not all(q.get(k) for k in ("model", "alias", "version")):
+            return error(400, "model, alias and version are required")
+        return web.json_response(self.recent.since(q["model"], q["alias"], q["version"], since))
 
     async def inflight_page(self, request: web.Request) -> web.Response:
         """Requests in flight per backend URL: what the watcher waits on before stopping one."""

@@ -35,6 +35,13 @@ class AutoserveMetrics:
             "autoserve_switch_duration_seconds", "Alias seen moved until the new version serves",
             registry=r, buckets=SWITCH_BUCKETS,
         )
+        self.rollout_total = Counter(
+            "autoserve_rollout", "Rollouts ended, by result (passed, failed, aborted)", ["model", "result"], registry=r
+        )
+        self.rollout_percent = Gauge(
+            "autoserve_rollout_percent", "Share of an alias's traffic sent to its rollout's candidate",
+            ["model", "alias", "version"], registry=r,
+        )
         self.last_reconcile = Gauge(
             "autoserve_last_reconcile_timestamp_seconds", "Unix time of the last completed reconcile",
             registry=r,

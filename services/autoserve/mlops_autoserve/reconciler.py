@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 
@@ -35,6 +37,7 @@ from mlops_autoserve.health import HealthTracker, Verdict
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.planner import Failure, Route, RouteState
 from mlops_autoserve.routetable import (
+    CanaryTarget,
     Replica,
     RouteEntry,
     RouteTable,
@@ -46,12 +49,16 @@ from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runt
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.targets import TargetsFile
 from mlops_toolkit import http
+from mlops_toolkit.aliases import set_alias
 from mlops_toolkit.errors import one_line
+from mlops_toolkit.rollout import ABORTED, FAILED, PASSED, Rollout, StepFigures, judge
+from mlops_toolkit.rollout import save as save_rollout
 from mlops_toolkit.tags import MODEL_VERSION_TAG_MAX, fit
 
 log = logging.getLogger("autoserve.reconciler")
 
 ERROR_TAG = "mlops.autoserve.error"
+ROLLOUT_RESULT_TAG = "mlops.rollout.result"  # on the candidate version: why its rollout failed
 REGISTRY_BACKOFF_MAX = 10.0  # seconds between registry reads while it is down: a failed read costs one request
 DRAIN_LIMIT = 30.0  # seconds past drain_seconds after which in-flight requests are not waited for
 
@@ -205,7 +212,9 @@ class Reconciler:
             if current is not None and current.version is not None and current.version != route.desired_version:
                 self._moved_seen.setdefault(route_key, (route.desired_version, time.monotonic()))
         self.routes = MappingProxyType(result.routes)
-        self.publisher.publish(tuple(_entry(r, _shadow_target(key, desired, result.routes))
+        self._drive_rollouts(desired)  # first: an ended rollout's traffic goes back in this very table
+        canaries = self._canaries(desired, observed)
+        self.publisher.publish(tuple(_entry(r, _shadow_target(key, desired, result.routes), canaries.get(key))
                                      for key, r in result.routes.items()))
         self._unrouted_since = result.unrouted_since
         for key, replica, aliases in result.deploy:
@@ -299,6 +308,79 @@ class Reconciler:
         except (TypeError, ValueError):
             return 0
 
+    # -- rollouts ------------------------------------------------------------------------
+    def _canaries(self, desired: Desired, observed: list[tuple[Deployment, bool]]) -> dict[RouteKey, CanaryTarget]:
+        """Each running rollout's candidate: its share and its ready replicas."""
+        canaries = {}
+        for (model, alias), rollout in desired.rollouts.items():
+            key = DeploymentKey(model, rollout.candidate)
+            replicas = tuple(Replica(d.url, d.ident, d.replica) for d, ready in observed if ready and d.key == key)
+            canaries[(model, alias)] = CanaryTarget(rollout.candidate, rollout.percent, replicas)
+            self.metrics.rollout_percent.labels(model, alias, str(rollout.candidate)).set(
+                rollout.percent if replicas else 0)
+        return canaries
+
+    def _drive_rollouts(self, desired: Desired) -> None:
+        """Judge each running rollout's step on the gateway's figures; move on, promote or fail."""
+        for key, rollout in list(desired.rollouts.items()):
+            try:
+                ended = self._drive(desired, rollout)
+            except Exception as exc:  # noqa: BLE001 - a registry hiccup: judged again next cycle
+                log.warning("rollout step not recorded", extra={"model": key[0], "alias": key[1], "error": one_line(exc)})
+                continue
+            if ended is not None:
+                del desired.rollouts[key]
+                self.metrics.rollout_total.labels(rollout.model, ended.state).inc()
+                self.metrics.rollout_percent.labels(rollout.model, rollout.alias, str(rollout.candidate)).set(0)
+                self._registry_due = True
+
+    def _drive(self, desired: Desired, rollout: Rollout) -> Rollout | None:
+        model, alias = rollout.model, rollout.alias
+        client = self.reader.client
+        now_serving = desired.routes.get((model, alias))
+        if now_serving != rollout.baseline:
+            state = PASSED if now_serving == rollout.candidate else ABORTED
+            ended = replace(rollout, state=state, reason=rollout.reason if state == PASSED else
+                            f"{model}@{alias} was moved to v{now_serving} by hand during the rollout")
+            save_rollout(client, ended)
+            log.warning(f"rollout ended: {ended}", extra={"model": model, "alias": alias})
+            return ended
+        figures = self._figures(rollout)
+        if figures is None:
+            return None
+        verdict, reason = judge(rollout, figures, time.time())
+        if verdict == "wait":
+            return None
+        if verdict == "next":
+            moved = replace(rollout, step=rollout.step + 1, step_started=time.time(), reason=reason)
+            save_rollout(client, moved)
+            desired.rollouts[(model, alias)] = moved
+            log.info(f"rollout: {reason}", extra={"model": model, "alias": alias, "version": rollout.candidate})
+            return None
+        if verdict == "promote":
+            set_alias(model, alias, rollout.candidate, reason=f"rollout: {reason}")
+            ended = replace(rollout, state=PASSED, reason=reason)
+        else:
+            ended = replace(rollout, state=FAILED, reason=reason)
+            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            client.set_model_version_tag(model, str(rollout.candidate), ROLLOUT_RESULT_TAG,
+                                         fit(f"{stamp} {reason}", MODEL_VERSION_TAG_MAX))
+        save_rollout(client, ended)
+        log.info(f"rollout ended: {ended}", extra={"model": model, "alias": alias, "version": rollout.candidate,
+                                                   "result": ended.state})
+        return ended
+
+    def _figures(self, rollout: Rollout) -> StepFigures | None:
+        url = self.settings.gateway_admin_url
+        if not url:
+            return None
+        query = urllib.parse.urlencode({"model": rollout.model, "alias": rollout.alias,
+                                        "version": str(rollout.candidate), "since": rollout.step_started})
+        data = http.get_json(f"{url.rstrip('/')}/stats?{query}", timeout=2)
+        if not isinstance(data, dict):
+            return None
+        return StepFigures(int(data.get("requests", 0)), int(data.get("errors", 0)), data.get("p95_ms"))
+
     # -- deploy work ---------------------------------------------------------------------
     def _submit_deploy(self, key: DeploymentKey, replica: int, aliases: tuple[str, ...]) -> None:
         log.info("deploying", extra={**_fields(key), "replica": replica, "aliases": list(aliases)})
@@ -375,9 +457,9 @@ def _replicas(route: Route) -> tuple[Replica, ...]:
     return tuple(Replica(d.url, d.ident, d.replica) for d in route.deployments)
 
 
-def _entry(route: Route, shadow: ShadowTarget | None = None) -> RouteEntry:
+def _entry(route: Route, shadow: ShadowTarget | None = None, canary: CanaryTarget | None = None) -> RouteEntry:
     return RouteEntry(route.model, route.alias, route.desired_version, route.version, str(route.state), route.since,
-                      route.last_error, _replicas(route), shadow)
+                      route.last_error, _replicas(route), shadow, canary)
 
 
 def _shadow_target(key: RouteKey, desired: Desired, routes: dict[RouteKey, Route]) -> ShadowTarget | None:

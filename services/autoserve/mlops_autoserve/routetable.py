@@ -40,6 +40,15 @@ class ShadowTarget:
 
 
 @dataclass(frozen=True)
+class CanaryTarget:
+    """A rollout's candidate: ``percent`` of the route's requests go to its replicas."""
+
+    version: int
+    percent: int
+    replicas: tuple[Replica, ...] = ()
+
+
+@dataclass(frozen=True)
 class RouteEntry:
     """Where one (model, alias) goes, as the watcher last decided."""
 
@@ -52,6 +61,7 @@ class RouteEntry:
     last_error: str | None = None
     replicas: tuple[Replica, ...] = ()
     shadow: ShadowTarget | None = None
+    canary: CanaryTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,8 @@ def from_json(text: str) -> RouteTable:
     if int(data.get("format", 0)) > FORMAT:
         raise ValueError(f"route table format {data['format']} is newer than this gateway understands")
     routes = tuple(
-        RouteEntry(**{**r, "replicas": _replicas(r), "shadow": _shadow(r.get("shadow"))})
+        RouteEntry(**{**r, "replicas": _replicas(r), "shadow": _shadow(r.get("shadow")),
+                      "canary": _canary(r.get("canary"))})
         for r in data.get("routes", ())
     )
     return RouteTable(int(data["serial"]), float(data.get("published_at", 0.0)), routes)
@@ -97,6 +108,10 @@ def _replicas(data: dict) -> tuple[Replica, ...]:
 
 def _shadow(data: dict | None) -> ShadowTarget | None:
     return ShadowTarget(**{**data, "replicas": _replicas(data)}) if data else None
+
+
+def _canary(data: dict | None) -> CanaryTarget | None:
+    return CanaryTarget(**{**data, "replicas": _replicas(data)}) if data else None
 
 
 def write(path: Path, table: RouteTable) -> None:

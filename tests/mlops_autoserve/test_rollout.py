@@ -1,0 +1,93 @@
+"""Canary rollouts on real ``mlflow models serve`` processes: a good candidate takes the
+alias step by step, a bad one is rolled back at its first step; callers never see a failure."""
+
+from __future__ import annotations
+
+import pytest
+
+import mlops_toolkit as mt
+from mlops_toolkit import rollout as rollouts
+from tests.harness import LoadClient, Watcher, wait_for
+
+pytestmark = pytest.mark.slow
+DEPLOY_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def watcher(tracking_uri, served_model, tmp_path_factory):
+    state = tmp_path_factory.mktemp("rollout") / "state"
+    w = Watcher(tracking_uri, state, [served_model.name], "--aliases", "Production,challenger").start()
+    yield w
+    w.stop()
+
+
+def _serving(watcher: Watcher, model: str, **aliases: int) -> None:
+    for alias, version in aliases.items():
+        mt.set_alias(model, alias, version)
+    for alias, version in aliases.items():
+        wait_for(lambda a=alias, v=version: watcher.endpoint_ready(a, v), DEPLOY_TIMEOUT, what=f"{alias} on v{version}")
+
+
+def _path(model: str) -> str:
+    return f"/serve/{model.replace(' ', '%20')}/Production/invocations"
+
+
+def test_a_good_candidate_takes_the_alias_step_by_step(watcher, served_model):
+    model, (v1, v2, _) = served_model.name, served_model.good
+    _serving(watcher, model, Production=v1, challenger=v2)
+    with LoadClient(watcher.port, _path(model)) as load:
+        wait_for(lambda: load.sent > 20, 10, what="load running")
+        started = rollouts.start_rollout(model, "challenger", steps=(50, 100), step_seconds=2, max_error_rate=0.05,
+                                         max_p95_ms=5000)
+        assert str(started) == f"{model}@Production: rollout of v{v2} (from challenger) over v{v1}, step 1/2 at 50%"
+        wait_for(lambda: load.versions.get(str(v2), 0) > 20, 30, what="the candidate answering its share")
+        assert load.versions.get(str(v1), 0) > 20  # both versions answer during the first step
+        done = wait_for(lambda: (r := rollouts.rollout_status(model)).state != "running" and r, 60, what="rollout ended")
+        wait_for(lambda: watcher.endpoint_ready("Production", v2), 30, what="Production on the candidate")
+    assert done.state == "passed", done
+    assert mt.get_alias(model, "Production").version == v2
+    assert mt.alias_history(model, "Production")[-1].reason.startswith("rollout: rollout passed 2 steps")
+    assert load.failed == 0, load.codes
+    assert 'autoserve_rollout_total{model="%s",result="passed"}' % model in watcher.metrics_text()
+
+
+def test_a_candidate_that_misses_its_gate_is_rolled_back_at_the_first_step(watcher, served_model, mlflow_client):
+    model, (v1, v2, _) = served_model.name, served_model.good
+    _serving(watcher, model, Production=v1, challenger=v2)
+    with LoadClient(watcher.port, _path(model)) as load:
+        wait_for(lambda: load.sent > 20, 10, what="load running")
+        rollouts.start_rollout(model, "challenger", steps=(25, 100), step_seconds=2, max_p95_ms=0.001)
+        done = wait_for(lambda: (r := rollouts.rollout_status(model)).state != "running" and r, 60, what="rollout ended")
+        wait_for(lambda: watcher.endpoints()["Production"]["canary"] is None, 2, interval=0.05,
+                 what="the canary gone from the gateway's table")
+        settled = load.sent
+        wait_for(lambda: load.sent > settled + 50, 10, what="load after the rollback")
+        after = [v for t, code, v in load.events[settled:]]
+    assert done.state == "failed" and "step 1/2 at 25% failed: p95" in done.reason, done
+    assert mt.get_alias(model, "Production").version == v1  # never moved
+    assert set(after) == {str(v1)}  # all traffic back on the baseline
+    assert load.failed == 0, load.codes
+    assert "p95" in mlflow_client.get_model_version(model, str(v2)).tags["mlops.rollout.result"]
+
+
+def test_bad_rollouts_are_refused_in_one_line(watcher, served_model, mlops_script):
+    model, (v1, v2, _) = served_model.name, served_model.good
+    mt.set_alias(model, "Production", v1)
+    mt.set_alias(model, "challenger", v2)
+    for args, message in [
+        (["--steps", "50,25,100"], "steps must be increasing percentages ending at 100"),
+        (["--steps", "5,50"], "steps must be increasing percentages ending at 100"),
+        (["--to", "nobody"], "has no alias 'nobody'"),
+        (["--to", "Production"], "which " + f"{model}@Production already serves"),
+    ]:
+        argv = ["rollout", "start", model, *(["--to", "challenger"] if "--to" not in args else []), *args]
+        result = mlops_script(*argv)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+    mlops_script("rollout", "start", model, "--to", "challenger", "--step-seconds", "600")
+    again = mlops_script("rollout", "start", model, "--to", "challenger")
+    assert again.returncode == 2 and "a rollout is already running" in again.stderr
+    aborted = mlops_script("rollout", "abort", model)
+    assert aborted.returncode == 0 and " aborted: aborted by " in aborted.stdout, aborted.stdout
+    assert rollouts.rollout_status(model).state == "aborted"
