@@ -91,3 +91,24 @@ def test_bad_rollouts_are_refused_in_one_line(watcher, served_model, mlops_scrip
     aborted = mlops_script("rollout", "abort", model)
     assert aborted.returncode == 0 and " aborted: aborted by " in aborted.stdout, aborted.stdout
     assert rollouts.rollout_status(model).state == "aborted"
+
+
+def test_a_watcher_restart_mid_rollout_resumes_it(watcher, served_model):
+    """The rollout lives in the registry: a watcher killed during a step is back on the same
+    step, and the rollout still ends with the alias moved and no failed request."""
+    import signal
+
+    model, (v1, v2, _) = served_model.name, served_model.good
+    _serving(watcher, model, Production=v1, challenger=v2)
+    with LoadClient(watcher.port, _path(model)) as load:
+        wait_for(lambda: load.sent > 20, 10, what="load running")
+        rollouts.start_rollout(model, "challenger", steps=(50, 100), step_seconds=6, max_error_rate=0.05,
+                               max_p95_ms=5000)
+        wait_for(lambda: load.versions.get(str(v2), 0) > 10, 30, what="the candidate answering")
+        watcher.stop(signal.SIGKILL)  # mid-step; the gateway keeps the split it was given
+        assert rollouts.rollout_status(model).step == 0
+        watcher.start()
+        done = wait_for(lambda: (r := rollouts.rollout_status(model)).state != "running" and r, 60, what="rollout ended")
+        wait_for(lambda: watcher.endpoint_ready("Production", v2), 30, what="Production on the candidate")
+    assert done.state == "passed", done
+    assert load.failed == 0, load.codes
