@@ -14,10 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from mlops_toolkit.aliases import current_user
+from mlops_toolkit.aliases import REASON_MAX_CHARS, current_user
 from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import NotFoundError, ValidationError
 from mlops_toolkit.registry import alias_map, get_model
+from mlops_toolkit.tags import fit
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import RegisteredModel
@@ -135,8 +136,10 @@ def judge(rollout: Rollout, figures: StepFigures, now: float) -> tuple[str, str 
 
 def save(client, rollout: Rollout) -> None:
     data = {k: v for k, v in asdict(rollout).items() if k not in ("model", "alias")}
+    if data["reason"]:  # the only free text: keep the tag within the 5,000-character column
+        data["reason"] = fit(data["reason"], REASON_MAX_CHARS)
     client.set_registered_model_tag(rollout.model, ROLLOUT_TAG_PREFIX + rollout.alias,
-                                    json.dumps(data, separators=(",", ":"))[:5000])
+                                    json.dumps(data, separators=(",", ":")))
 
 
 def rollouts_of(model: RegisteredModel) -> list[Rollout]:

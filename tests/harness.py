@@ -222,6 +222,23 @@ class Watcher:
     def invoke(self, model: str, alias: str, payload: Any = IRIS_SPLIT):
         return http_json("POST", f"{self.url}/serve/{urllib.parse.quote(model)}/{alias}/invocations", payload)
 
+    def serving(self, model: str, timeout: float = 120, **aliases: int) -> None:
+        """Point each alias at its version and wait until the gateway serves all of them."""
+        import mlops_toolkit as mt
+
+        for alias, version in aliases.items():
+            mt.set_alias(model, alias, version)
+        for alias, version in aliases.items():
+            wait_for(lambda a=alias, v=version: self.endpoint_ready(a, v), timeout, what=f"{alias} on v{version}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` (watcher and gateway) whose labels include ``labels``."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            if line.split("{")[0].split(" ")[0] == name and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def metrics_text(self) -> str:
         """Both /metrics pages: the watcher's (control loop) and the gateway's (requests)."""
         pages = []

@@ -21,20 +21,13 @@ def watcher(tracking_uri, served_model, tmp_path_factory):
     w.stop()
 
 
-def _serving(watcher: Watcher, model: str, **aliases: int) -> None:
-    for alias, version in aliases.items():
-        mt.set_alias(model, alias, version)
-    for alias, version in aliases.items():
-        wait_for(lambda a=alias, v=version: watcher.endpoint_ready(a, v), DEPLOY_TIMEOUT, what=f"{alias} on v{version}")
-
-
 def _path(model: str) -> str:
     return f"/serve/{model.replace(' ', '%20')}/Production/invocations"
 
 
 def test_a_good_candidate_takes_the_alias_step_by_step(watcher, served_model):
     model, (v1, v2, _) = served_model.name, served_model.good
-    _serving(watcher, model, Production=v1, challenger=v2)
+    watcher.serving(model, DEPLOY_TIMEOUT, Production=v1, challenger=v2)
     with LoadClient(watcher.port, _path(model)) as load:
         wait_for(lambda: load.sent > 20, 10, what="load running")
         started = rollouts.start_rollout(model, "challenger", steps=(50, 100), step_seconds=2, max_error_rate=0.05,
@@ -53,7 +46,7 @@ def test_a_good_candidate_takes_the_alias_step_by_step(watcher, served_model):
 
 def test_a_candidate_that_misses_its_gate_is_rolled_back_at_the_first_step(watcher, served_model, mlflow_client):
     model, (v1, v2, _) = served_model.name, served_model.good
-    _serving(watcher, model, Production=v1, challenger=v2)
+    watcher.serving(model, DEPLOY_TIMEOUT, Production=v1, challenger=v2)
     with LoadClient(watcher.port, _path(model)) as load:
         wait_for(lambda: load.sent > 20, 10, what="load running")
         rollouts.start_rollout(model, "challenger", steps=(25, 100), step_seconds=2, max_p95_ms=0.001)
@@ -99,7 +92,7 @@ def test_a_watcher_restart_mid_rollout_resumes_it(watcher, served_model):
     import signal
 
     model, (v1, v2, _) = served_model.name, served_model.good
-    _serving(watcher, model, Production=v1, challenger=v2)
+    watcher.serving(model, DEPLOY_TIMEOUT, Production=v1, challenger=v2)
     with LoadClient(watcher.port, _path(model)) as load:
         wait_for(lambda: load.sent > 20, 10, what="load running")
         rollouts.start_rollout(model, "challenger", steps=(50, 100), step_seconds=6, max_error_rate=0.05,

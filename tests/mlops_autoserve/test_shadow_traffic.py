@@ -23,23 +23,11 @@ def shadowed(tracking_uri, served_model, tmp_path_factory):
     w = Watcher(tracking_uri, state, [served_model.name], "--aliases", "Production,challenger",
                 "--request-timeout", str(TIMEOUT_S)).start()
     model, (v1, v2, _) = served_model.name, served_model.good
-    mt.set_alias(model, "Production", v1)
-    mt.set_alias(model, "challenger", v2)
-    for alias, version in (("Production", v1), ("challenger", v2)):
-        wait_for(lambda a=alias, v=version: w.endpoint_ready(a, v), DEPLOY_TIMEOUT, what=f"{alias} ready")
+    w.serving(model, DEPLOY_TIMEOUT, Production=v1, challenger=v2)
     yield w
     if mt.list_shadows(model):
         mt.clear_shadow(model)
     w.stop()
-
-
-def _metric(watcher: Watcher, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in watcher.metrics_text().splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _invoke(watcher: Watcher, model: str) -> tuple[int, float]:
@@ -53,21 +41,21 @@ def test_every_copy_is_sent_and_compared(shadowed, served_model):
     mt.set_shadow(model, "challenger", percent=100)
     wait_for(lambda: (shadowed.endpoints()["Production"].get("shadow") or {}).get("version") == v2, 10,
              what="the shadow in the route table")
-    before = _metric(shadowed, "autoserve_shadow_requests_total", result="ok")
+    before = shadowed.metric("autoserve_shadow_requests_total", result="ok")
     answers = [_invoke(shadowed, model) for _ in range(30)]
     assert {status for status, _ in answers} == {200}
-    wait_for(lambda: _metric(shadowed, "autoserve_shadow_requests_total", result="ok") == before + 30, 10,
+    wait_for(lambda: shadowed.metric("autoserve_shadow_requests_total", result="ok") == before + 30, 10,
              what="30 shadow copies answered")
-    compared = _metric(shadowed, "autoserve_shadow_compared_total", alias="challenger", version=str(v2))
-    agreed = _metric(shadowed, "autoserve_shadow_agreement_total", alias="challenger", version=str(v2))
+    compared = shadowed.metric("autoserve_shadow_compared_total", alias="challenger", version=str(v2))
+    agreed = shadowed.metric("autoserve_shadow_agreement_total", alias="challenger", version=str(v2))
     assert compared >= 60 and 0 < agreed <= compared  # 2 rows per request: labels compared one by one
-    assert _metric(shadowed, "autoserve_shadow_latency_seconds_count", alias="challenger") >= 30
+    assert shadowed.metric("autoserve_shadow_latency_seconds_count", alias="challenger") >= 30
 
 
 def test_a_hung_shadow_never_slows_the_callers(shadowed, served_model):
     model, v2 = served_model.name, served_model.good[1]
     pid = next(r["pid"] for r in shadowed.records() if r["version"] == v2)
-    timeouts = _metric(shadowed, "autoserve_shadow_requests_total", result="timeout")
+    timeouts = shadowed.metric("autoserve_shadow_requests_total", result="timeout")
     os.killpg(pid, signal.SIGSTOP)
     try:
         answers = [_invoke(shadowed, model) for _ in range(20)]
@@ -76,7 +64,7 @@ def test_a_hung_shadow_never_slows_the_callers(shadowed, served_model):
         os.killpg(pid, signal.SIGCONT)
     assert {status for status, _ in answers} == {200}
     assert max(seconds for _, seconds in answers) < 1.0, answers  # copies wait, callers do not
-    assert _metric(shadowed, "autoserve_shadow_requests_total", result="timeout") > timeouts
+    assert shadowed.metric("autoserve_shadow_requests_total", result="timeout") > timeouts
 
 
 def test_a_cleared_shadow_gets_no_more_copies(shadowed, served_model):
@@ -84,7 +72,7 @@ def test_a_cleared_shadow_gets_no_more_copies(shadowed, served_model):
     mt.clear_shadow(model)
     wait_for(lambda: shadowed.endpoints()["Production"].get("shadow") is None, 10, what="shadow gone from the table")
     time.sleep(TIMEOUT_S)  # copies still queued from the previous test drain first
-    sent = _metric(shadowed, "autoserve_shadow_requests_total")
+    sent = shadowed.metric("autoserve_shadow_requests_total")
     assert {_invoke(shadowed, model)[0] for _ in range(10)} == {200}
     time.sleep(1)
-    assert _metric(shadowed, "autoserve_shadow_requests_total") == sent
+    assert shadowed.metric("autoserve_shadow_requests_total") == sent

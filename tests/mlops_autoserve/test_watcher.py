@@ -2,7 +2,7 @@
 
 The scenarios share one watcher and one model (deployments take ~7 s to start, so sharing
 keeps the module around two minutes). Each scenario first brings the aliases it needs to
-the state it starts from (``_serving``): run in file order that is a no-op, run alone
+the state it starts from (``Watcher.serving``): run in file order that is a no-op, run alone
 (``pytest -k``) it deploys what the scenario needs.
 """
 
@@ -41,14 +41,6 @@ def watcher(tracking_uri, served_model, tmp_path_factory):
     w.stop()
 
 
-def _serving(watcher: Watcher, model: str, **aliases: int) -> None:
-    """Point each alias at its version and wait until all of them serve it."""
-    for alias, version in aliases.items():
-        mt.set_alias(model, alias, version)
-    for alias, version in aliases.items():
-        wait_for(lambda a=alias, v=version: watcher.endpoint_ready(a, v), DEPLOY_TIMEOUT, what=f"{alias} on v{version}")
-
-
 def _pid(watcher: Watcher, version: int) -> int:
     return next(r["pid"] for r in watcher.records() if r["version"] == version)
 
@@ -71,7 +63,7 @@ def _probe_targets(watcher: Watcher) -> dict[str, dict]:
 
 
 def test_serving_endpoints_are_written_for_prometheus_file_sd(watcher, served_model):
-    _serving(watcher, served_model.name, Production=served_model.good[0])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[0])
     endpoint = watcher.endpoints()["Production"]
     groups = wait_for(lambda: _probe_targets(watcher).get("Production") and _probe_targets(watcher), 5,
                       what="Production in the targets file")
@@ -83,7 +75,7 @@ def test_serving_endpoints_are_written_for_prometheus_file_sd(watcher, served_mo
 
 
 def test_challenger_version_promoted_is_a_route_flip_within_a_second(watcher, served_model):
-    _serving(watcher, served_model.name, Production=served_model.good[0])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[0])
     model, (v1, v2, _) = served_model.name, served_model.good
     mt.set_alias(model, "challenger", v2)
     challenger = wait_for(lambda: watcher.endpoint_ready("challenger", v2), DEPLOY_TIMEOUT, what="challenger ready")
@@ -102,26 +94,18 @@ def test_challenger_version_promoted_is_a_route_flip_within_a_second(watcher, se
     wait_for(lambda: [r["version"] for r in watcher.records()] == [v2], 5, what="only v2 recorded")
 
 
-def _switches(watcher) -> float:
-    """How many route switches the watcher has timed (its switch-duration histogram's count)."""
-    for line in watcher.metrics_text().splitlines():
-        if line.startswith("autoserve_switch_duration_seconds_count"):
-            return float(line.split()[-1])
-    raise AssertionError("autoserve_switch_duration_seconds is not exported")
-
-
 def test_alias_move_under_load_loses_no_request(watcher, served_model):
-    _serving(watcher, served_model.name, Production=served_model.good[1])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[1])
     model, v3 = served_model.name, served_model.good[2]
-    switches = _switches(watcher)
+    switches = watcher.metric("autoserve_switch_duration_seconds_count")
     client = move_alias_under_load(watcher, model, "Production", v3, DEPLOY_TIMEOUT)
     assert client.failed == 0, client.codes
     assert client.versions[str(served_model.good[1])] > 20 and client.versions[str(v3)] > 20
-    assert _switches(watcher) == switches + 1  # the blue/green switch was timed
+    assert watcher.metric("autoserve_switch_duration_seconds_count") == switches + 1  # the blue/green switch was timed
 
 
 def test_broken_version_is_contained(watcher, served_model, mlflow_client):
-    _serving(watcher, served_model.name, Production=served_model.good[2])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[2])
     model, v3, broken = served_model.name, served_model.good[2], served_model.broken
     mt.set_alias(model, "Production", broken)
     endpoint = wait_for(
@@ -141,7 +125,7 @@ def test_broken_version_is_contained(watcher, served_model, mlflow_client):
 
 
 def test_killed_deployment_is_restored(watcher, served_model):
-    _serving(watcher, served_model.name, Production=served_model.good[2])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[2])
     model, v3 = served_model.name, served_model.good[2]
     old_pid = _pid(watcher, v3)
     os.killpg(old_pid, signal.SIGKILL)
@@ -156,7 +140,7 @@ def test_killed_deployment_is_restored(watcher, served_model):
 def test_restarted_watcher_adopts_running_deployments(watcher, served_model):
     """A watcher killed with -9 costs no request: the gateway is its own process and keeps
     serving the last route table; the restarted watcher reuses it and adopts every deployment."""
-    _serving(watcher, served_model.name, Production=served_model.good[2])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[2])
     model = served_model.name
     before = {r["version"]: r["pid"] for r in watcher.records()}
     gateway_pid = watcher.gateway_pid()
@@ -175,7 +159,7 @@ def test_restarted_watcher_adopts_running_deployments(watcher, served_model):
 
 
 def test_tracking_server_outage_changes_nothing_that_serves(watcher, served_model, mlflow_server):
-    _serving(watcher, served_model.name, Production=served_model.good[2])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[2])
     model, v2 = served_model.name, served_model.good[1]
     mlflow_server.stop()
     try:
@@ -205,7 +189,7 @@ def test_alias_delete_removes_route_then_process(watcher, served_model):
 
 
 def test_not_ready_endpoint_answers_503_json(watcher, served_model):
-    _serving(watcher, served_model.name, Production=served_model.good[1], challenger=served_model.good[1])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[1], challenger=served_model.good[1])
     model, v1 = served_model.name, served_model.good[0]
     mt.set_alias(model, "staging", v1)
     wait_for(lambda: "staging" in watcher.endpoints(), 5)
@@ -230,7 +214,7 @@ def test_not_ready_endpoint_answers_503_json(watcher, served_model):
     ids=["split", "records", "instances", "inputs-columns", "inputs-bare", "params", "csv", "bad-json", "text-plain"],
 )
 def test_every_payload_round_trips_unchanged(watcher, served_model, content_type, payload):
-    _serving(watcher, served_model.name, Production=served_model.good[1])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[1])
     import json as _json
 
     endpoint = watcher.endpoints()["Production"]
@@ -283,7 +267,7 @@ def test_webhook_signature_is_checked_and_wakes_the_watcher(tracking_uri, served
 
 
 def test_serve_status_shows_what_is_serving(watcher, served_model):
-    _serving(watcher, served_model.name, Production=served_model.good[1], challenger=served_model.good[1], staging=served_model.good[0])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[1], challenger=served_model.good[1], staging=served_model.good[0])
     import json as _json
 
     from click.testing import CliRunner
@@ -318,7 +302,7 @@ CONTRACT_METRICS = [
 
 
 def test_metrics_contract_and_json_logs(watcher, served_model):
-    _serving(watcher, served_model.name, Production=served_model.good[1])
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[1])
     text = watcher.metrics_text()
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     for name in CONTRACT_METRICS:

@@ -82,14 +82,13 @@ class ShadowCopies:
         self.gateway = gateway
         self.metrics = gateway.metrics
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=gateway.settings.shadow_queue)
-        self._random = random.Random()
 
     def start(self) -> list[asyncio.Task]:
         return [asyncio.create_task(self._work()) for _ in range(self.gateway.settings.shadow_workers)]
 
     def offer(self, route: RouteEntry, body: bytes | None, headers: dict, answer: bytes) -> None:
         shadow = route.shadow
-        if shadow is None or self._random.random() * 100 >= shadow.percent:
+        if shadow is None or self.gateway.coin.random() * 100 >= shadow.percent:
             return
         try:
             self.queue.put_nowait((route.model, shadow, body, headers, answer))
@@ -108,7 +107,7 @@ class ShadowCopies:
                 self.queue.task_done()
 
     async def _send(self, model: str, shadow: ShadowTarget, body: bytes | None, headers: dict, answer: bytes) -> None:
-        replica = min(shadow.replicas, key=lambda r: self.gateway._state(r.url).inflight, default=None)
+        replica = self.gateway._pick(shadow, set())  # the same choice as for callers: least loaded, in rotation
         if replica is None:
             self._count(model, shadow, "error")
             return
@@ -177,13 +176,12 @@ class Gateway:
         self.fresh_session: aiohttp.ClientSession | None = None
         self.replicas: dict[str, _ReplicaState] = {}  # by backend URL
         self.route_inflight: dict[tuple[str, str], int] = {}
-        self.started = time.time()
         self._counters: dict[tuple[str, str, str, str], object] = {}
         self._timers: dict[tuple[str, str], object] = {}
         self._tasks: list[asyncio.Task] = []
         self.shadows = ShadowCopies(self)
         self.recent = RecentAnswers()
-        self._coin = random.Random()
+        self.coin = random.Random()  # shadow copies and a rollout's share
 
     # -- applications --------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -299,7 +297,7 @@ class Gateway:
     def _canary_or(self, route: RouteEntry) -> RouteEntry:
         """During a rollout, the candidate's share of the requests goes to the candidate."""
         canary = route.canary
-        if canary is None or not canary.replicas or self._coin.random() * 100 >= canary.percent:
+        if canary is None or not canary.replicas or self.coin.random() * 100 >= canary.percent:
             return route
         return replace(route, version=canary.version, replicas=canary.replicas, canary=None)
 
@@ -321,7 +319,7 @@ class Gateway:
                          headers={"Retry-After": "1"}, model=model, alias=alias)
         return None
 
-    def _pick(self, route: RouteEntry, exclude: set[str]) -> Replica | None:
+    def _pick(self, route: RouteEntry | ShadowTarget, exclude: set[str]) -> Replica | None:
         """Least outstanding requests among replicas in rotation, the lowest index on ties.
 
         Ties go to the same replica rather than round robin: at low load one warm process

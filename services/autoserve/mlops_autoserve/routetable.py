@@ -137,7 +137,6 @@ class TableFile:
         self.path = path
         self.table = RouteTable()
         self.error: str | None = None
-        self.loaded_at = 0.0
         self._stamp: tuple[int, int, int] | None = None
 
     def refresh(self) -> bool:
@@ -162,7 +161,7 @@ class TableFile:
             # An older snapshot than ours (a watcher that restarted from an older file):
             # still take it, the file is the truth, but say so in /health.
             self.error = f"serial went back from {self.table.serial} to {table.serial}"
-        self.table, self.loaded_at = table, time.time()
+        self.table = table
         return True
 
 
