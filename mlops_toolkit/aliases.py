@@ -121,7 +121,7 @@ def set_alias(
             return AliasChange(model, alias, current, target, "unchanged")
         change = AliasChange(model, alias, current, target, "set")
         _move_with_record(client, change, reason, registered.tags,
-                          lambda: client.set_registered_model_alias(model, alias, str(target)))
+                          lambda: _point_alias(client, model, alias, target))
     return change
 
 
@@ -179,7 +179,7 @@ def rollback_alias(model: str | None, alias: str, *, reason: str | None = None) 
         target = _existing_version(client, model, undone.from_version)
         change = AliasChange(model, alias, current, target, "rollback")
         _move_with_record(client, change, reason, registered.tags,
-                          lambda: client.set_registered_model_alias(model, alias, str(target)), undoes=undone.id)
+                          lambda: _point_alias(client, model, alias, target), undoes=undone.id)
     return change
 
 
@@ -280,6 +280,30 @@ def _move_with_record(
         _prune(client, change.model, change.alias, {**tags, key: ""})
     except Exception as exc:  # noqa: BLE001 - housekeeping must never fail a move that happened
         log.warning(f"{change} happened; tidying its history failed: {one_line(exc)}")
+
+
+_CREATION_RACE_MARKERS = ("duplicate key", "unique constraint", "duplicate entry")
+
+
+def _point_alias(client: MlflowClient, model: str, alias: str, version: int, attempts: int = 3) -> None:
+    """Set the alias, retrying when another writer created the same alias a moment before.
+
+    MLflow's SQL store sets an alias as select-then-insert, so two writers setting a new
+    alias at once make one of them fail on the table's primary key (PostgreSQL:
+    ``UniqueViolation ... registered_model_alias_pk``). The row exists after that, so the
+    retry is a plain update. Any other error is raised at once.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(model, alias, str(version))
+            return
+        except MlflowException as exc:
+            message = str(getattr(exc, "message", "") or exc).lower()
+            if attempt == attempts - 1 or not any(marker in message for marker in _CREATION_RACE_MARKERS):
+                raise
+            time.sleep(0.05 + secrets.randbelow(100) / 1000)
 
 
 def _encode_event(change: AliasChange, reason: str | None, undoes: str | None = None) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -88,6 +89,33 @@ def test_eight_concurrent_writers_lose_no_event(make_model, tracking_uri):
         assert recorded == [], f"events no process printed: {recorded}"
         total += len(real_moves)
     assert total >= 10, "too few real moves to say anything about concurrency"
+
+
+def test_writers_racing_to_create_the_same_new_alias_all_succeed(make_model):
+    """MLflow creates an alias as select-then-insert: on PostgreSQL the loser of that race
+    failed with UniqueViolation on registered_model_alias_pk (seen in CI). Every writer
+    must succeed and the alias must end on one of the versions they set."""
+    model = make_model(versions=4)
+    for round_ in range(4):
+        alias = f"race{round_}"
+        barrier = threading.Barrier(8)
+        results: list[object] = [None] * 8
+
+        def move(i: int) -> None:
+            barrier.wait()
+            try:
+                results[i] = mt.set_alias(model, alias, 1 + i % 4)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                results[i] = exc
+
+        threads = [threading.Thread(target=move, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        errors = [r for r in results if not isinstance(r, mt.AliasChange)]
+        assert errors == [], errors
+        assert mt.get_alias(model, alias).version in {1, 2, 3, 4}
 
 
 def test_corrupt_entries_and_an_oversized_reason_warn_in_one_line(make_model, mlflow_client, mlops_script):
