@@ -5,6 +5,14 @@ The rollout's state is one registered-model tag per alias (``mlops.rollout.<alia
 the serving watcher reads it in its one paged search, drives the steps, and a restarted
 watcher resumes where the last one was. The rules of a step are in :func:`judge`; the
 watcher measures, this module decides.
+
+A gate may also ask for **agreement** with the version being replaced: with
+``min_agreement`` (labels) or ``max_mean_abs_diff`` (numbers) set, the gateway copies the
+requests the baseline answers to the candidate, as a shadow, and compares the two answers.
+A step below 100% then also needs :data:`MIN_REQUESTS` compared values; if it still lacks
+them after :data:`STARVED_WINDOWS` windows while traffic flows, it fails: a candidate that
+cannot be compared is not promoted. The 100% step is judged on errors and latency only (no
+request is left for the baseline to answer).
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import RegisteredModel
 
 ROLLOUT_TAG_PREFIX = "mlops.rollout."
-MIN_REQUESTS = 10  # a step with fewer candidate requests than this is not judged yet
+MIN_REQUESTS = 10  # a step with fewer candidate requests (or compared values) than this is not judged yet
+STARVED_WINDOWS = 3  # a step still without enough compared values after this many windows fails
 RUNNING, PASSED, FAILED, ABORTED = "running", "passed", "failed", "aborted"
 
 
@@ -39,11 +48,18 @@ class Rollout:
     step_seconds: float
     max_error_rate: float
     max_p95_ms: float
+    min_agreement: float | None = None  # share of equal labels, candidate vs baseline
+    max_mean_abs_diff: float | None = None  # mean |candidate - baseline| for numeric outputs
     step: int = 0
     step_started: float = field(default_factory=time.time)
     state: str = RUNNING
     reason: str | None = None
     started_by: str = ""
+
+    @property
+    def compares(self) -> bool:
+        """Whether the gate compares the candidate's answers with the baseline's."""
+        return self.min_agreement is not None or self.max_mean_abs_diff is not None
 
     @property
     def percent(self) -> int:
@@ -64,11 +80,20 @@ class StepFigures:
     requests: int
     errors: int  # 5xx answers
     p95_ms: float | None
+    labels_compared: int = 0  # shadow comparisons of the candidate against the baseline
+    labels_agreed: int = 0
+    numbers_compared: int = 0
+    abs_diff_sum: float = 0.0
 
 
 def start_rollout(model: str | None, to: str, alias: str = "Production", *, steps: tuple[int, ...] = (5, 25, 50, 100),
-                  step_seconds: float = 60.0, max_error_rate: float = 0.01, max_p95_ms: float = 500.0) -> Rollout:
-    """Start shifting ``model@alias``'s traffic to the version ``model@to`` points at now."""
+                  step_seconds: float = 60.0, max_error_rate: float = 0.01, max_p95_ms: float = 500.0,
+                  min_agreement: float | None = None, max_mean_abs_diff: float | None = None) -> Rollout:
+    """Start shifting ``model@alias``'s traffic to the version ``model@to`` points at now.
+
+    ``min_agreement`` / ``max_mean_abs_diff`` add a comparison with the baseline's answers
+    to every step's gate (see the module's docstring).
+    """
     model = resolve_model_name(model)
     alias, to = require_name(alias, "alias"), require_name(to, "alias")
     steps = tuple(int(s) for s in steps)
@@ -76,6 +101,12 @@ def start_rollout(model: str | None, to: str, alias: str = "Production", *, step
         raise ValidationError(f"steps must be increasing percentages ending at 100, got {','.join(map(str, steps))}")
     if step_seconds <= 0 or not 0 <= max_error_rate <= 1 or max_p95_ms <= 0:
         raise ValidationError("step seconds and max p95 must be positive, max error rate within 0-1")
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        raise ValidationError(f"min agreement is a share within 0-1, got {min_agreement:g}")
+    if max_mean_abs_diff is not None and max_mean_abs_diff < 0:
+        raise ValidationError(f"max mean absolute difference cannot be negative, got {max_mean_abs_diff:g}")
+    if (min_agreement is not None or max_mean_abs_diff is not None) and steps == (100,):
+        raise ValidationError("a comparison gate needs a step below 100% (at 100% nothing is left to compare with)")
     with registry() as client:
         registered = get_model(client, model)
         aliases = alias_map(registered)
@@ -85,11 +116,13 @@ def start_rollout(model: str | None, to: str, alias: str = "Production", *, step
                 raise NotFoundError(f"model '{model}' has no alias '{name}' (aliases: {known})")
         if aliases[alias] == aliases[to]:
             raise ValidationError(f"{model}@{to} is v{aliases[to]}, which {model}@{alias} already serves")
-        current = _read(registered, alias)
+        current = rollout_of(registered, alias)
         if current is not None and current.state == RUNNING:
             raise ValidationError(f"a rollout is already running: {current}")
         rollout = Rollout(model, alias, to, aliases[to], aliases[alias], steps, float(step_seconds),
-                          float(max_error_rate), float(max_p95_ms), started_by=current_user())
+                          float(max_error_rate), float(max_p95_ms),
+                          None if min_agreement is None else float(min_agreement),
+                          None if max_mean_abs_diff is None else float(max_mean_abs_diff), started_by=current_user())
         save(client, rollout)
     return rollout
 
@@ -98,7 +131,7 @@ def rollout_status(model: str | None, alias: str = "Production") -> Rollout:
     model = resolve_model_name(model)
     alias = require_name(alias, "alias")
     with registry() as client:
-        rollout = _read(get_model(client, model), alias)
+        rollout = rollout_of(get_model(client, model), alias)
     if rollout is None:
         raise NotFoundError(f"{model}@{alias} has no rollout")
     return rollout
@@ -115,23 +148,60 @@ def abort_rollout(model: str | None, alias: str = "Production") -> Rollout:
     return ended
 
 
+@dataclass(frozen=True)
+class _Check:
+    measured: str  # "error rate 0.50%"
+    failure: str | None  # "error rate 5.00% > 1.00%" when the figure misses its limit
+    starved: str | None = None  # why it cannot be judged yet (too few values compared)
+
+
 def judge(rollout: Rollout, figures: StepFigures, now: float) -> tuple[str, str | None]:
     """The gate of the current step: ('wait' | 'next' | 'promote' | 'fail', reason)."""
-    if now - rollout.step_started < rollout.step_seconds or figures.requests < MIN_REQUESTS:
+    elapsed = now - rollout.step_started
+    if elapsed < rollout.step_seconds or figures.requests < MIN_REQUESTS:
         return "wait", None
-    error_rate = figures.errors / figures.requests
-    problems = []
-    if error_rate > rollout.max_error_rate:
-        problems.append(f"error rate {error_rate:.2%} > {rollout.max_error_rate:.2%}")
-    if figures.p95_ms is not None and figures.p95_ms > rollout.max_p95_ms:
-        problems.append(f"p95 {figures.p95_ms:.1f} ms > {rollout.max_p95_ms:g} ms")
+    checks = _checks(rollout, figures)
+    problems = [c.failure for c in checks if c.failure]
+    starved = [c.starved for c in checks if c.starved]
+    if starved and not problems:
+        if elapsed < STARVED_WINDOWS * rollout.step_seconds:
+            return "wait", None
+        problems = starved
     step = f"step {rollout.step + 1}/{len(rollout.steps)} at {rollout.percent}%"
-    measured = f"{figures.requests} requests, error rate {error_rate:.2%}, p95 {figures.p95_ms or 0:.1f} ms"
+    measured = f"{figures.requests} requests, " + ", ".join(c.measured for c in checks if not c.starved)
     if problems:
         return "fail", f"{step} failed: {'; '.join(problems)} ({measured})"
     if rollout.step + 1 == len(rollout.steps):
         return "promote", f"rollout passed {len(rollout.steps)} steps ({step}: {measured})"
     return "next", f"{step} passed ({measured})"
+
+
+def _checks(rollout: Rollout, figures: StepFigures) -> list[_Check]:
+    error_rate = figures.errors / figures.requests
+    checks = [_Check(f"error rate {error_rate:.2%}", f"error rate {error_rate:.2%} > {rollout.max_error_rate:.2%}"
+                     if error_rate > rollout.max_error_rate else None)]
+    p95 = figures.p95_ms or 0.0
+    checks.append(_Check(f"p95 {p95:.1f} ms", f"p95 {p95:.1f} ms > {rollout.max_p95_ms:g} ms"
+                         if p95 > rollout.max_p95_ms else None))
+    if rollout.percent == 100:  # the baseline answers nothing left to compare with: judged in the earlier steps
+        return checks
+    if rollout.min_agreement is not None:
+        n = figures.labels_compared
+        agreement = figures.labels_agreed / n if n else 0.0
+        checks.append(_Check(
+            f"agreement {agreement:.2%} of {n} values",
+            f"agreement {agreement:.2%} < {rollout.min_agreement:.2%} ({n} values)"
+            if n >= MIN_REQUESTS and agreement < rollout.min_agreement else None,
+            None if n >= MIN_REQUESTS else f"only {n} labels compared with v{rollout.baseline} for the agreement gate"))
+    if rollout.max_mean_abs_diff is not None:
+        n = figures.numbers_compared
+        mean = figures.abs_diff_sum / n if n else 0.0
+        checks.append(_Check(
+            f"mean abs diff {mean:.4g} over {n} values",
+            f"mean abs diff {mean:.4g} > {rollout.max_mean_abs_diff:g} ({n} values)"
+            if n >= MIN_REQUESTS and mean > rollout.max_mean_abs_diff else None,
+            None if n >= MIN_REQUESTS else f"only {n} numbers compared with v{rollout.baseline} for the difference gate"))
+    return checks
 
 
 def save(client, rollout: Rollout) -> None:
@@ -147,13 +217,14 @@ def rollouts_of(model: RegisteredModel) -> list[Rollout]:
     found = []
     for key in (model.tags or {}):
         if key.startswith(ROLLOUT_TAG_PREFIX):
-            rollout = _read(model, key[len(ROLLOUT_TAG_PREFIX):])
+            rollout = rollout_of(model, key[len(ROLLOUT_TAG_PREFIX):])
             if rollout is not None:
                 found.append(rollout)
     return found
 
 
-def _read(model: RegisteredModel, alias: str) -> Rollout | None:
+def rollout_of(model: RegisteredModel, alias: str) -> Rollout | None:
+    """The rollout of ``model@alias`` as its tag says (None when there is none or it is damaged)."""
     raw = (model.tags or {}).get(ROLLOUT_TAG_PREFIX + alias)
     if not raw:
         return None
@@ -164,4 +235,5 @@ def _read(model: RegisteredModel, alias: str) -> Rollout | None:
         return None
 
 
-__all__ = ["Rollout", "StepFigures", "abort_rollout", "judge", "rollout_status", "rollouts_of", "start_rollout"]
+__all__ = ["Rollout", "StepFigures", "abort_rollout", "judge", "rollout_of", "rollout_status", "rollouts_of",
+           "start_rollout"]

@@ -34,6 +34,8 @@ class _ToolkitGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's bad option or argument
+            raise _UsageLine(exc.format_message(), exc.ctx) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except MlopsError as exc:
@@ -47,6 +49,14 @@ class _ToolkitGroup(click.Group):
             raise _LineError(
                 f"unexpected {type(exc).__name__}: {detail} (set MLOPS_DEBUG=1 for the traceback)", 1
             ) from None
+
+
+class _UsageLine(click.UsageError):
+    """Bad usage in one line (click's default adds the usage text and a hint line)."""
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {self.format_message()}{hint}", err=True, file=file)
 
 
 class _LineError(click.ClickException):

@@ -35,11 +35,17 @@ def rollout() -> None:
               help="Highest share of 5xx answers from the candidate in a step.")
 @click.option("--max-p95-ms", type=click.FloatRange(min=0, min_open=True), default=500.0, show_default=True,
               help="Highest p95 latency of the candidate in a step (through the gateway).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None, metavar="SHARE",
+              help="Also require this share of equal labels between the candidate and the current version "
+                   "(the current version's requests are copied to the candidate and compared).")
+@click.option("--max-mean-abs-diff", type=click.FloatRange(min=0), default=None, metavar="D",
+              help="For numeric outputs: also require a mean absolute difference from the current version of at most D.")
 def start_cmd(model: str, to: str, alias: str, steps: tuple[int, ...], step_seconds: float, max_error_rate: float,
-              max_p95_ms: float) -> None:
+              max_p95_ms: float, min_agreement: float | None, max_mean_abs_diff: float | None) -> None:
     """Shift MODEL@ALIAS's traffic to the version MODEL@TO points at, step by step."""
     click.echo(str(rollouts.start_rollout(model, to, alias, steps=steps, step_seconds=step_seconds,
-                                          max_error_rate=max_error_rate, max_p95_ms=max_p95_ms)))
+                                          max_error_rate=max_error_rate, max_p95_ms=max_p95_ms,
+                                          min_agreement=min_agreement, max_mean_abs_diff=max_mean_abs_diff)))
 
 
 @command(rollout, "status")

@@ -34,8 +34,8 @@ class FakeRuntime:
         self.started: list[tuple[DeploymentKey, int]] = []
         self.stopped: list[str] = []
 
-    def add(self, ident: str, version: int, health: Health = Health.READY, replica: int = 0) -> Deployment:
-        deployment = Deployment(DeploymentKey(M, version), f"http://127.0.0.1:{18000 + len(self.running)}", ident,
+    def add(self, ident: str, version: int, health: Health = Health.READY, replica: int = 0, model: str = M) -> Deployment:
+        deployment = Deployment(DeploymentKey(model, version), f"http://127.0.0.1:{18000 + len(self.running)}", ident,
                                 time.time(), replica)
         self.running[ident], self.health_of[ident] = deployment, health
         return deployment
@@ -45,7 +45,7 @@ class FakeRuntime:
 
     def start(self, key, aliases=(), replica=0) -> Deployment:
         self.started.append((key, replica))
-        return self.add(f"new-{key.version}-{replica}", key.version, Health.STARTING, replica)
+        return self.add(f"new-{key.version}-{replica}", key.version, Health.STARTING, replica, key.model)
 
     def health(self, deployment) -> Health:
         return self.health_of.get(deployment.ident, Health.DEAD)
@@ -147,3 +147,31 @@ def test_watcher_health_is_stale_when_cycles_keep_failing_not_only_when_they_sto
     status, body = asyncio.run(health())
     assert status == 503 and body["status"] == "stale"
     assert body["problems"] == ["cycles failing for 120 s: registry unreachable"]
+
+
+def test_an_aborted_rollout_gives_the_traffic_back_in_the_next_cycle_not_the_next_poll(tmp_path, make_model,
+                                                                                      tracking_uri):
+    """The real registry, a poll interval of an hour: the watcher still reads a running
+    rollout's own tag every cycle, so `mlops rollout abort` takes effect within a cycle."""
+    import mlops_toolkit as mt
+    from mlops_toolkit import rollout as rollouts
+
+    model = make_model(versions=2)
+    mt.set_alias(model, "Production", 1)
+    mt.set_alias(model, "challenger", 2)
+    rollouts.start_rollout(model, "challenger", steps=(50, 100), step_seconds=600)
+    runtime = FakeRuntime()
+    runtime.add("v1", 1, model=model)
+    runtime.add("v2", 2, model=model)
+    config = AutoserveSettings(tracking_uri=tracking_uri, state_dir=tmp_path, smoke_test=False, drain_seconds=0.0,
+                               poll_interval=3600, models=frozenset({model}))
+    reconciler = Reconciler(config, runtime, AutoserveMetrics())
+    reconciler.reconcile_once()
+    canary = read(table_path(tmp_path)).get(model, "Production").canary
+    assert (canary.version, canary.percent, [r.ident for r in canary.replicas]) == (2, 50, ["v2"])
+
+    rollouts.abort_rollout(model)
+    reconciler.reconcile_once()
+    assert read(table_path(tmp_path)).get(model, "Production").canary is None
+    assert reconciler.metrics.rollout_total.labels(model, "aborted")._value.get() == 1
+    assert mt.get_alias(model, "Production").version == 1

@@ -44,7 +44,7 @@ from mlops_autoserve.routetable import (
     table_path,
 )
 from mlops_autoserve.settings import GatewaySettings
-from mlops_autoserve.shadowing import compare
+from mlops_autoserve.shadowing import Comparison, compare
 from mlops_toolkit.errors import MlopsError, ValidationError
 
 log = logging.getLogger("autoserve.gateway")
@@ -91,22 +91,24 @@ class ShadowCopies:
         if shadow is None or self.gateway.coin.random() * 100 >= shadow.percent:
             return
         try:
-            self.queue.put_nowait((route.model, shadow, body, headers, answer))
+            self.queue.put_nowait((route.model, route.alias, shadow, body, headers, answer))
         except asyncio.QueueFull:
             self._count(route.model, shadow, "dropped")
 
     async def _work(self) -> None:
         while True:
-            model, shadow, body, headers, answer = await self.queue.get()
+            model, alias, shadow, body, headers, answer = await self.queue.get()
             try:
-                await self._send(model, shadow, body, headers, answer)
+                await self._send(model, alias, shadow, body, headers, answer)
             except Exception:  # noqa: BLE001 - a shadow copy must never take a worker down
                 log.exception("shadow copy failed", extra={"model": model, "alias": shadow.alias})
                 self._count(model, shadow, "error")
             finally:
                 self.queue.task_done()
 
-    async def _send(self, model: str, shadow: ShadowTarget, body: bytes | None, headers: dict, answer: bytes) -> None:
+    async def _send(self, model: str, alias: str, shadow: ShadowTarget, body: bytes | None, headers: dict,
+                    answer: bytes) -> None:
+        """Send one copy; ``alias`` is the route it was copied from (whose answer it is compared with)."""
         replica = self.gateway._pick(shadow, set())  # the same choice as for callers: least loaded, in rotation
         if replica is None:
             self._count(model, shadow, "error")
@@ -136,6 +138,7 @@ class ShadowCopies:
             self._count(model, shadow, "mismatch")
             return
         self._count(model, shadow, "ok")
+        self.gateway.recent.compared(model, alias, str(shadow.version), result)
         self.metrics.shadow_compared.labels(*labels).inc(result.rows)
         if result.kind == "classification":
             self.metrics.shadow_agreement.labels(*labels).inc(result.agree)
@@ -147,11 +150,21 @@ class ShadowCopies:
 
 
 class RecentAnswers:
-    """The last answers per (model, alias, version): what a rollout's gate is judged on."""
+    """The last answers per (model, alias, version), and the last shadow comparisons of a
+    version against the answers of an alias: what a rollout's gate is judged on."""
 
     def __init__(self, keep: int = 20_000) -> None:
         self.keep = keep
         self._answers: dict[tuple[str, str, str], collections.deque] = {}
+        self._comparisons: dict[tuple[str, str, str], collections.deque] = {}
+
+    def compared(self, model: str, alias: str, version: str, result: Comparison) -> None:
+        """``version`` (a shadow) answered a copy of ``alias``'s request: keep how the two compared."""
+        key = (model, alias, version)
+        found = self._comparisons.get(key)
+        if found is None:
+            found = self._comparisons[key] = collections.deque(maxlen=self.keep)
+        found.append((time.time(), result))
 
     def record(self, model: str, alias: str, version: str, status: int, seconds: float) -> None:
         key = (model, alias, version)
@@ -164,7 +177,12 @@ class RecentAnswers:
         recent = [(status, seconds) for t, status, seconds in self._answers.get((model, alias, version), ()) if t >= start]
         latencies = sorted(seconds for _, seconds in recent)
         p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] * 1000 if latencies else None
-        return {"requests": len(recent), "errors": sum(1 for status, _ in recent if status >= 500), "p95_ms": p95}
+        compared = [c for t, c in self._comparisons.get((model, alias, version), ()) if t >= start]
+        labels = [c for c in compared if c.kind == "classification"]
+        numbers = [c for c in compared if c.kind == "regression"]
+        return {"requests": len(recent), "errors": sum(1 for status, _ in recent if status >= 500), "p95_ms": p95,
+                "labels_compared": sum(c.rows for c in labels), "labels_agreed": sum(c.agree for c in labels),
+                "numbers_compared": sum(c.rows for c in numbers), "abs_diff_sum": sum(c.abs_diff_sum for c in numbers)}
 
 
 class Gateway:
@@ -288,7 +306,8 @@ class Gateway:
                 return error(413, f"request body over {self.settings.max_body_mb:g} MB", model=model, alias=alias)
             headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
             response = await self._send(self._canary_or(route), method, path, body, headers)
-            if route.shadow is not None and path == "/invocations" and response.status == 200:
+            if (route.shadow is not None and path == "/invocations" and response.status == 200
+                    and response.headers.get("X-Model-Version") != str(route.shadow.version)):  # not a canary's own
                 self.shadows.offer(route, body, headers, response.body)  # after the answer: never waited for
             return response
         finally:

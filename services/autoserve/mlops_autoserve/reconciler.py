@@ -51,7 +51,8 @@ from mlops_autoserve.targets import TargetsFile
 from mlops_toolkit import http
 from mlops_toolkit.aliases import set_alias
 from mlops_toolkit.errors import one_line
-from mlops_toolkit.rollout import ABORTED, FAILED, PASSED, Rollout, StepFigures, judge
+from mlops_toolkit.registry import alias_map
+from mlops_toolkit.rollout import ABORTED, FAILED, PASSED, RUNNING, Rollout, StepFigures, judge, rollout_of
 from mlops_toolkit.rollout import save as save_rollout
 from mlops_toolkit.tags import MODEL_VERSION_TAG_MAX, fit
 
@@ -214,8 +215,9 @@ class Reconciler:
         self.routes = MappingProxyType(result.routes)
         self._drive_rollouts(desired)  # first: an ended rollout's traffic goes back in this very table
         canaries = self._canaries(desired, observed)
-        self.publisher.publish(tuple(_entry(r, _shadow_target(key, desired, result.routes), canaries.get(key))
-                                     for key, r in result.routes.items()))
+        self.publisher.publish(tuple(
+            _entry(r, _shadow_target(key, desired, result.routes, canaries.get(key)), canaries.get(key))
+            for key, r in result.routes.items()))
         self._unrouted_since = result.unrouted_since
         for key, replica, aliases in result.deploy:
             self._submit_deploy(key, replica, aliases)
@@ -337,7 +339,18 @@ class Reconciler:
     def _drive(self, desired: Desired, rollout: Rollout) -> Rollout | None:
         model, alias = rollout.model, rollout.alias
         client = self.reader.client
-        now_serving = desired.routes.get((model, alias))
+        # One read of this model per cycle while its rollout runs: an abort (or a hand move)
+        # takes effect within a cycle, not at the next full registry poll.
+        registered = client.get_registered_model(model)
+        fresh = rollout_of(registered, alias)
+        if fresh is None or fresh.state != RUNNING or fresh.candidate != rollout.candidate:
+            ended = fresh if fresh is not None and fresh.state != RUNNING else replace(
+                rollout, state=ABORTED, reason="the rollout's tag was removed or replaced")
+            log.warning(f"rollout ended: {ended}", extra={"model": model, "alias": alias})
+            return ended
+        rollout = fresh
+        desired.rollouts[(model, alias)] = rollout
+        now_serving = alias_map(registered).get(alias)
         if now_serving != rollout.baseline:
             state = PASSED if now_serving == rollout.candidate else ABORTED
             ended = replace(rollout, state=state, reason=rollout.reason if state == PASSED else
@@ -379,7 +392,12 @@ class Reconciler:
         data = http.get_json(f"{url.rstrip('/')}/stats?{query}", timeout=2)
         if not isinstance(data, dict):
             return None
-        return StepFigures(int(data.get("requests", 0)), int(data.get("errors", 0)), data.get("p95_ms"))
+        try:
+            return StepFigures(int(data.get("requests", 0)), int(data.get("errors", 0)), data.get("p95_ms"),
+                               int(data.get("labels_compared", 0)), int(data.get("labels_agreed", 0)),
+                               int(data.get("numbers_compared", 0)), float(data.get("abs_diff_sum", 0.0)))
+        except (TypeError, ValueError):  # a gateway of another release: judged again next cycle
+            return None
 
     # -- deploy work ---------------------------------------------------------------------
     def _submit_deploy(self, key: DeploymentKey, replica: int, aliases: tuple[str, ...]) -> None:
@@ -462,9 +480,20 @@ def _entry(route: Route, shadow: ShadowTarget | None = None, canary: CanaryTarge
                       route.last_error, _replicas(route), shadow, canary)
 
 
-def _shadow_target(key: RouteKey, desired: Desired, routes: dict[RouteKey, Route]) -> ShadowTarget | None:
-    """Where the gateway copies ``key``'s requests: the shadow alias's ready replicas, if any."""
+def _shadow_target(key: RouteKey, desired: Desired, routes: dict[RouteKey, Route],
+                   canary: CanaryTarget | None = None) -> ShadowTarget | None:
+    """Where the gateway copies ``key``'s requests: the shadow alias's ready replicas, if any.
+
+    During a rollout whose gate compares answers, the shadow is the candidate: the requests
+    the baseline answers are copied to it (at the percent and comparison of a shadow the
+    user set on the candidate's alias, else all of them, compared by output type).
+    """
     shadow = desired.shadows.get(key)
+    rollout = desired.rollouts.get(key)
+    if rollout is not None and rollout.compares and canary is not None and canary.replicas:
+        own = shadow is not None and shadow.alias == rollout.to
+        return ShadowTarget(rollout.to, rollout.candidate, shadow.percent if own else 100.0,
+                            shadow.compare if own else "auto", canary.replicas)
     target = routes.get((key[0], shadow.alias)) if shadow else None
     if shadow is None or target is None or not target.deployments:
         return None
