@@ -1,5 +1,7 @@
-"""Daily: recent inputs vs the Production model's training data (KS test per feature);
-logged to MLflow and pushed to the Pushgateway when PUSHGATEWAY_URL is set."""
+"""Daily: recent inputs vs the Production model's training data (KS test per feature), for
+the batch input table and for the requests callers sent the gateway (its payload log, when
+`--payload-log-rate` is on); logged to MLflow and pushed to the Pushgateway when
+PUSHGATEWAY_URL is set (label source="batch" or "live")."""
 
 from __future__ import annotations
 
@@ -26,7 +28,19 @@ def dag_model_monitoring():
                          pushgateway=os.environ.get("PUSHGATEWAY_URL") or None)
         return {"drift_detected": report.drift_detected, "drifted_features": report.drifted_features}
 
+    @task(execution_timeout=timedelta(minutes=15))
+    def check_live_drift(params=None, dag_run=None) -> dict:
+        from mlops_toolkit.batch.appdb import engine_from_env
+        from mlops_toolkit.batch.jobs import monitor_live
+
+        report = monitor_live(engine_from_env(), (dag_run.logical_date or dag_run.run_after).date(),
+                              params["model"], pushgateway=os.environ.get("PUSHGATEWAY_URL") or None)
+        if report is None:
+            return {"checked": False}
+        return {"checked": True, "drift_detected": report.drift_detected, "drifted_features": report.drifted_features}
+
     check_drift()
+    check_live_drift()
 
 
 dag_model_monitoring()

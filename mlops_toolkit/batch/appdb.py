@@ -1,4 +1,5 @@
-"""The application database: input batches and predictions (PostgreSQL, or SQLite embedded).
+"""The application database: input batches, predictions and the gateway's payload log
+(PostgreSQL, or SQLite embedded).
 
 The schema is created and migrated by :func:`migrate` (idempotent, versioned in the
 ``mlops_schema`` table): nobody runs DDL by hand. Writes for one logical date happen in one
@@ -13,14 +14,17 @@ from collections.abc import Callable, Iterable
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Date,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     create_engine,
     delete,
@@ -66,12 +70,32 @@ predictions = Table(
 )
 
 
+payload_log = Table(
+    "payload_log", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("logged_at", DateTime(timezone=True), nullable=False),
+    Column("model_name", String(256), nullable=False),
+    Column("alias", String(256), nullable=False),
+    Column("model_version", Integer, nullable=False),  # the version that answered (a canary's, during a rollout)
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("request", Text, nullable=False),  # the body as sent, UTF-8
+    Column("response", Text, nullable=False),
+    Index("ix_payload_log_model_time", "model_name", "logged_at"),
+    Index("ix_payload_log_time", "logged_at"),
+)
+
+
 def _v1(connection: Connection) -> None:
     metadata.create_all(connection, tables=[input_rows, predictions])
 
 
+def _v2(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[payload_log])
+
+
 # Append new steps; never edit an applied one.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 MIGRATION_LOCK_KEY = 7240581  # pg_advisory_xact_lock key: one migrating transaction at a time
 
 
@@ -119,6 +143,32 @@ def count_rows(engine: Engine, table: Table, **where: object) -> int:
         query = query.where(table.c[column] == value)
     with engine.connect() as connection:
         return connection.execute(query).scalar()
+
+
+def insert_payloads(engine: Engine, rows: list[dict]) -> int:
+    """One batch of payload-log rows in one transaction (the gateway's writer calls this)."""
+    if rows:
+        with engine.begin() as connection:
+            connection.execute(insert(payload_log), rows)
+    return len(rows)
+
+
+def prune_payload_log(engine: Engine, older_than: dt.datetime) -> int:
+    """Delete payload-log rows logged before ``older_than``; returns how many went."""
+    with engine.begin() as connection:
+        return connection.execute(delete(payload_log).where(payload_log.c.logged_at < older_than)).rowcount
+
+
+def read_payloads(engine: Engine, model: str, start: dt.datetime, end: dt.datetime,
+                  status: int | None = 200) -> list[str]:
+    """Request bodies of ``model`` logged in [start, end), oldest first (only answered ones by default)."""
+    query = (select(payload_log.c.request)
+             .where(payload_log.c.model_name == model, payload_log.c.logged_at >= start, payload_log.c.logged_at < end)
+             .order_by(payload_log.c.logged_at))
+    if status is not None:
+        query = query.where(payload_log.c.status == status)
+    with engine.connect() as connection:
+        return list(connection.execute(query).scalars())
 
 
 def _now() -> dt.datetime:

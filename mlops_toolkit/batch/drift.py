@@ -2,9 +2,10 @@
 
 A two-sample Kolmogorov-Smirnov test per numeric feature plus a content hash of each data
 set. Results go to MLflow (a run in the ``model-monitoring`` experiment) and, when a
-Pushgateway is configured, to Prometheus as ``model_drift_ks_statistic{model,feature}``,
-``model_drift_p_value{model,feature}``, ``model_drift_detected{model}`` and
-``batch_predictions_rows{model}``.
+Pushgateway is configured, to Prometheus as ``model_drift_ks_statistic{model,feature,source}``,
+``model_drift_p_value{model,feature,source}``, ``model_drift_detected{model,source}`` and
+``batch_predictions_rows{model}``. ``source`` says which inputs were checked: ``batch`` (the
+app-db's input table) or ``live`` (the gateway's payload log of real requests).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, alpha: float = 
     )
 
 
-def log_to_mlflow(report: DriftReport, model: str, experiment: str = "model-monitoring") -> str:
+def log_to_mlflow(report: DriftReport, model: str, experiment: str = "model-monitoring", source: str = "batch") -> str:
     """One run per check: metrics per feature, hashes and verdict as tags; returns the run id."""
     from mlops_toolkit.runs import start_run
     from mlops_toolkit.tags import RUN_TAG_MAX, fit
@@ -81,30 +82,37 @@ def log_to_mlflow(report: DriftReport, model: str, experiment: str = "model-moni
         metrics[f"ks_statistic.{key}"] = r.statistic
         metrics[f"p_value.{key}"] = r.p_value
     tags = {"mlops.model": model, "mlops.reference_hash": report.reference_hash,
-            "mlops.current_hash": report.current_hash, "mlops.drifted_features": fit(",".join(report.drifted_features), RUN_TAG_MAX)}
-    with start_run(f"drift-{model}", params={"alpha": report.alpha}, tags=tags, experiment=experiment) as run:
+            "mlops.current_hash": report.current_hash, "mlops.drifted_features": fit(",".join(report.drifted_features), RUN_TAG_MAX),
+            "mlops.drift_source": source}
+    with start_run(f"drift-{model}" + ("" if source == "batch" else f"-{source}"), params={"alpha": report.alpha}, tags=tags, experiment=experiment) as run:
         run.log_metrics(metrics)
     return run.run_id
 
 
-def push_to_gateway(report: DriftReport, model: str, gateway: str, prediction_rows: int | None = None) -> None:
-    """Push the drift gauges for ``model`` to a Prometheus Pushgateway (job ``model_monitoring``)."""
+def push_to_gateway(report: DriftReport, model: str, gateway: str, prediction_rows: int | None = None,
+                    source: str = "batch") -> None:
+    """Push the drift gauges for ``model`` to a Prometheus Pushgateway (job ``model_monitoring``).
+
+    Each source is its own group (``model``, ``source``): a push replaces its whole group, so
+    the live check and the batch check never erase each other's figures.
+    """
     from prometheus_client import CollectorRegistry, Gauge
     from prometheus_client import push_to_gateway as push
 
     registry = CollectorRegistry()
     ks = Gauge("model_drift_ks_statistic", "KS statistic, recent inputs vs training reference",
-               ["model", "feature"], registry=registry)
-    p = Gauge("model_drift_p_value", "KS test p-value", ["model", "feature"], registry=registry)
-    detected = Gauge("model_drift_detected", "1 if any feature drifted", ["model"], registry=registry)
-    rows = Gauge("batch_predictions_rows", "Rows scored by the last batch inference", ["model"], registry=registry)
+               ["model", "feature", "source"], registry=registry)
+    p = Gauge("model_drift_p_value", "KS test p-value", ["model", "feature", "source"], registry=registry)
+    detected = Gauge("model_drift_detected", "1 if any feature drifted", ["model", "source"], registry=registry)
     for r in report.features:
-        ks.labels(model, r.feature).set(r.statistic)
-        p.labels(model, r.feature).set(r.p_value)
-    detected.labels(model).set(1.0 if report.drift_detected else 0.0)
+        ks.labels(model, r.feature, source).set(r.statistic)
+        p.labels(model, r.feature, source).set(r.p_value)
+    detected.labels(model, source).set(1.0 if report.drift_detected else 0.0)
     if prediction_rows is not None:
+        rows = Gauge("batch_predictions_rows", "Rows scored by the last batch inference", ["model"], registry=registry)
         rows.labels(model).set(prediction_rows)
-    push(gateway, job="model_monitoring", registry=registry, grouping_key={"model": model}, timeout=10)
+    push(gateway, job="model_monitoring", registry=registry, grouping_key={"model": model, "source": source},
+         timeout=10)
 
 
 def _metric_key(feature: str) -> str:

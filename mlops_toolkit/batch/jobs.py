@@ -21,6 +21,7 @@ from mlops_toolkit.batch.appdb import (
     input_rows,
     migrate,
     predictions,
+    read_payloads,
     replace_for_date,
 )
 from mlops_toolkit.batch.training import (
@@ -188,5 +189,34 @@ def monitor(engine: Engine, logical_date: dt.date, model: str, window_days: int 
     if pushgateway:
         drift.push_to_gateway(report, model, pushgateway, prediction_rows=scored)
     log.info("drift checked", extra={"model": model, "drift_detected": report.drift_detected,
-                                     "drifted": report.drifted_features, "rows": len(features)})
+                                     "drifted": report.drifted_features, "rows": len(features), "source": "batch"})
+    return report
+
+
+def monitor_live(engine: Engine, logical_date: dt.date, model: str, window_days: int = 7,
+                 pushgateway: str | None = None, alpha: float | None = None, min_rows: int = 30):
+    """Drift of what callers sent the gateway (its payload log) over the last ``window_days``
+    up to the end of ``logical_date``, vs the Production model's training data; pushed with
+    ``source="live"``. None, with the reason logged, when too few live rows were logged
+    (payload logging is off by default): that is not a failure of the check."""
+    from mlops_toolkit.batch import drift
+    from mlops_toolkit.batch.payloads import live_inputs
+
+    migrate(engine)
+    end = dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    start = end - dt.timedelta(days=window_days)
+    reference = reference_data(model)
+    live = live_inputs(read_payloads(engine, model, start, end), list(reference.columns))
+    if len(live.frame) < min_rows:
+        log.info("live drift not checked: too few logged rows", extra={
+            "model": model, "rows": len(live.frame), "min_rows": min_rows, "requests": live.requests,
+            "skipped": live.skipped, "source": "live"})
+        return None
+    report = drift.detect_drift(reference, live.frame, **({"alpha": alpha} if alpha is not None else {}))
+    drift.log_to_mlflow(report, model, source="live")
+    if pushgateway:
+        drift.push_to_gateway(report, model, pushgateway, source="live")
+    log.info("drift checked", extra={"model": model, "drift_detected": report.drift_detected,
+                                     "drifted": report.drifted_features, "rows": len(live.frame),
+                                     "requests": live.requests, "skipped": live.skipped, "source": "live"})
     return report

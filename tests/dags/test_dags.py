@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import urllib.request
 
@@ -102,10 +103,25 @@ def test_batch_inference_scores_and_a_rerun_never_duplicates(dagbag, env, model)
 
 
 def test_monitoring_logs_drift_and_pushes_metrics(dagbag, env, model, pushgateway, monkeypatch, mlflow_client):
+    """Batch inputs as loaded, and live requests (rows as the gateway's payload log writes
+    them) whose petal length is shifted by 3 cm: drift on the live source only."""
+    from mlops_toolkit.batch.jobs import reference_data
+
     monkeypatch.setenv("PUSHGATEWAY_URL", pushgateway)
+    reference = reference_data(model)
+    shifted = reference.assign(**{"petal length (cm)": reference["petal length (cm)"] + 3.0})
+    logged_at = dt.datetime(2026, 11, 20, 12, tzinfo=dt.timezone.utc)
+    appdb.insert_payloads(env, [
+        {"logged_at": logged_at, "model_name": model, "alias": "Production", "model_version": 1, "status": 200,
+         "latency_ms": 3.0, "response": '{"predictions": [0, 0]}',
+         "request": json.dumps({"dataframe_split": {"columns": list(shifted.columns),
+                                                    "data": shifted.iloc[i:i + 2].values.tolist()}})}
+        for i in range(0, len(shifted) - 1, 2)])
     assert _run(dagbag, "dag_model_monitoring").state == "success"
     text = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
-    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}"}}' in text
-    assert f'batch_predictions_rows{{instance="",job="model_monitoring",model="{model}"}} 30' in text
+    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}",source="batch"}} 0' in text
+    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}",source="live"}} 1' in text
+    assert f'batch_predictions_rows{{instance="",job="model_monitoring",model="{model}",source="batch"}} 30' in text
     experiment = mlflow_client.get_experiment_by_name("model-monitoring")
-    assert mlflow_client.search_runs([experiment.experiment_id], f"tags.`mlops.model` = '{model}'")
+    runs = mlflow_client.search_runs([experiment.experiment_id], f"tags.`mlops.model` = '{model}'")
+    assert {r.data.tags["mlops.drift_source"] for r in runs} == {"batch", "live"}

@@ -43,6 +43,15 @@ def _gateway_options(fn):
                      help="Requests in flight per route before 429 with Retry-After."),
         click.option("--auth-token-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
                      help="Require 'Authorization: Bearer <token>' on /serve; the token is this file's content."),
+        click.option("--payload-log-rate", type=click.FloatRange(0, 1), default=_G.payload_log_rate, show_default=True,
+                     metavar="SHARE", help="Share of answered requests (body, answer, latency) written to the "
+                     "app-db's payload_log table, off the request path (0: off)."),
+        click.option("--payload-log-db", envvar="APP_DB_URL", metavar="URL",
+                     help="App-db for the payload log, a SQLAlchemy URL ($APP_DB_URL; given to the gateway "
+                     "process in its environment, never on its command line)."),
+        click.option("--payload-log-retention-days", type=click.FloatRange(min=0, min_open=True),
+                     default=_G.payload_log_retention_days, show_default=True,
+                     help="Payload-log rows older than this are deleted (checked hourly)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -50,12 +59,18 @@ def _gateway_options(fn):
 
 
 def _gateway_settings(state_dir: Path, host: str, port: int, admin_port: int, request_timeout: float,
-                      max_body_mb: float, max_inflight: int, auth_token_file: Path | None) -> GatewaySettings:
+                      max_body_mb: float, max_inflight: int, auth_token_file: Path | None, payload_log_rate: float,
+                      payload_log_db: str | None, payload_log_retention_days: float) -> GatewaySettings:
+    """Settings from the options of ``_gateway_options`` (passed by name)."""
     if port == admin_port:
         raise ValidationError(f"--port and --admin-port must differ (both {port})")
+    if payload_log_rate > 0 and not payload_log_db:
+        raise ValidationError("--payload-log-rate needs the app-db: set --payload-log-db or APP_DB_URL")
     return GatewaySettings(state_dir=state_dir, host=host, port=port, admin_host=host, admin_port=admin_port,
                            request_timeout=request_timeout, max_body_mb=max_body_mb, max_inflight=max_inflight,
-                           auth_token=_read_token(auth_token_file) if auth_token_file else None)
+                           auth_token=_read_token(auth_token_file) if auth_token_file else None,
+                           payload_log_rate=payload_log_rate, payload_log_db=payload_log_db or None,
+                           payload_log_retention_days=payload_log_retention_days)
 
 
 def _read_token(path: Path) -> str:
@@ -75,12 +90,11 @@ _state_dir_option = click.option("--state-dir", type=click.Path(path_type=Path),
 @click.command()
 @_state_dir_option
 @_gateway_options
-def gateway(state_dir, host, port, admin_port, request_timeout, max_body_mb, max_inflight, auth_token_file) -> None:
+def gateway(state_dir, **options) -> None:
     """Serve the route table the watcher publishes in STATE_DIR, on its own (keeps serving without a watcher)."""
     from mlops_autoserve import gateway as gateway_module
 
-    gateway_module.run(_gateway_settings(state_dir, host, port, admin_port, request_timeout, max_body_mb,
-                                         max_inflight, auth_token_file))
+    gateway_module.run(_gateway_settings(state_dir, **options))
 
 
 @click.command()
@@ -120,10 +134,9 @@ def gateway(state_dir, host, port, admin_port, request_timeout, max_body_mb, max
               help="Write every serving endpoint's /ping as Prometheus file_sd JSON here (blackbox probes).")
 @click.option("--leave-running", is_flag=True, help="On exit keep deployments and the gateway running for the next watcher.")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
-              container_tracking_uri, instance, host, port, admin_port, request_timeout, max_body_mb, max_inflight,
-              auth_token_file, watcher_port, no_gateway, gateway_admin_url, port_range, workers, replicas, min_ready, env_manager,
-              ready_timeout, no_smoke_test, webhook_secret, register_webhook, webhook_url, state_dir, targets_file,
-              leave_running) -> None:
+              container_tracking_uri, instance, watcher_port, no_gateway, gateway_admin_url, port_range, workers,
+              replicas, min_ready, env_manager, ready_timeout, no_smoke_test, webhook_secret, register_webhook,
+              webhook_url, state_dir, targets_file, leave_running, **gateway_options) -> None:
     """Serve every registry alias with `mlflow models serve` and follow alias moves.
 
     Starts (or reuses) the gateway as a process of its own, which keeps serving while the
@@ -135,11 +148,11 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
 
     if targets_file is not None:
         _check_writable(targets_file)
-    if watcher_port in (port, admin_port) and not no_gateway:
+    host, port = gateway_options["host"], gateway_options["port"]
+    if watcher_port in (port, gateway_options["admin_port"]) and not no_gateway:
         raise ValidationError(f"--watcher-port {watcher_port} is also a gateway port; pick another")
-    gateway_settings = _gateway_settings(state_dir, host, port, admin_port, request_timeout, max_body_mb,
-                                         max_inflight, auth_token_file)
-    gateway_process = None if no_gateway else GatewayProcess(gateway_settings, auth_token_file)
+    gateway_settings = _gateway_settings(state_dir, **gateway_options)
+    gateway_process = None if no_gateway else GatewayProcess(gateway_settings, gateway_options["auth_token_file"])
     tracking_uri = config.settings().tracking_uri
     try:
         ensure_reachable(tracking_uri)

@@ -36,6 +36,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mlops_autoserve.metrics import GatewayMetrics
+from mlops_autoserve.payloadlog import PayloadLog
 from mlops_autoserve.routetable import (
     Replica,
     RouteEntry,
@@ -197,9 +198,10 @@ class Gateway:
         self._counters: dict[tuple[str, str, str, str], object] = {}
         self._timers: dict[tuple[str, str], object] = {}
         self._tasks: list[asyncio.Task] = []
+        self.coin = random.Random()  # shadow copies, a rollout's share and the payload log's sample
         self.shadows = ShadowCopies(self)
         self.recent = RecentAnswers()
-        self.coin = random.Random()  # shadow copies and a rollout's share
+        self.payload_log = PayloadLog(settings, self.metrics, self.coin)
 
     # -- applications --------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -236,10 +238,12 @@ class Gateway:
         self.table.refresh()
         self._tasks = [asyncio.create_task(self._follow_table()), asyncio.create_task(self._readmit()),
                        *self.shadows.start()]
+        self.payload_log.start()
 
     async def _close(self, app: web.Application) -> None:
         for task in self._tasks:
             task.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, self.payload_log.stop)
         for session in (self.session, self.fresh_session):
             if session is not None:
                 await session.close()
@@ -284,32 +288,35 @@ class Gateway:
         model, alias = request.match_info["model"], request.match_info["alias"]
         route = self.table.table.get(model, alias)
         version = str(route.version) if route and route.version is not None else ""
-        response = await self._answer(request, method, path, model, alias, route)
+        response, body = await self._answer(request, method, path, model, alias, route)
         if path == "/invocations":
             seconds = time.perf_counter() - started
             answered_by = response.headers.get("X-Model-Version", version)
             self._observe(model, alias, answered_by, response.status, seconds)
             self.recent.record(model, alias, answered_by, response.status, seconds)
+            if body is not None:
+                self.payload_log.offer(model, alias, answered_by, body, response.body, response.status, seconds)
         return response
 
     async def _answer(self, request: web.Request, method: str, path: str, model: str, alias: str,
-                      route: RouteEntry | None) -> web.Response:
+                      route: RouteEntry | None) -> tuple[web.Response, bytes | None]:
+        """The answer, and the request body when one was read (for the payload log)."""
         problem = self._refuse(request, model, alias, route)
         if problem is not None:
-            return problem
+            return problem, None
         key = (model, alias)
         self.route_inflight[key] = self.route_inflight.get(key, 0) + 1
         try:
             try:
                 body = await request.read() if method == "POST" else None
             except web.HTTPRequestEntityTooLarge:
-                return error(413, f"request body over {self.settings.max_body_mb:g} MB", model=model, alias=alias)
+                return error(413, f"request body over {self.settings.max_body_mb:g} MB", model=model, alias=alias), None
             headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
             response = await self._send(self._canary_or(route), method, path, body, headers)
             if (route.shadow is not None and path == "/invocations" and response.status == 200
                     and response.headers.get("X-Model-Version") != str(route.shadow.version)):  # not a canary's own
                 self.shadows.offer(route, body, headers, response.body)  # after the answer: never waited for
-            return response
+            return response, body
         finally:
             self.route_inflight[key] -= 1
 

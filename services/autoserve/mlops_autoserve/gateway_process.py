@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from mlops_autoserve.payloadlog import redacted
 from mlops_autoserve.settings import GatewaySettings
 from mlops_toolkit import http
 from mlops_toolkit.errors import MlopsError, ValidationError
@@ -71,11 +73,17 @@ class GatewayProcess:
             "--request-timeout", str(s.request_timeout), "--max-body-mb", str(s.max_body_mb),
             "--max-inflight", str(s.max_inflight),
             *(["--auth-token-file", str(self.auth_token_file)] if self.auth_token_file else []),
+            "--payload-log-rate", str(s.payload_log_rate),
+            "--payload-log-retention-days", str(s.payload_log_retention_days),
         ]
+        # The app-db URL may hold a password: the environment, not the command line (ps shows that).
+        env = {k: v for k, v in os.environ.items() if k != "APP_DB_URL"}
+        if s.payload_log_db:
+            env["APP_DB_URL"] = s.payload_log_db
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+                                       start_new_session=True, env=env)
         def up() -> bool:
             if process.poll() is not None:
                 raise MlopsError(f"the gateway exited at start: {_last_line(self.log_path)}")
@@ -94,7 +102,10 @@ class GatewayProcess:
                                            "admin": self.admin_url})
 
     def _options(self) -> dict:
-        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.settings).items() if k != "auth_token"}
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.settings).items()
+                   if k not in ("auth_token", "payload_log_db")}
+        # Which app-db, not its password: the record is a file in the state dir.
+        options["payload_log_db"] = redacted(self.settings.payload_log_db) if self.settings.payload_log_db else None
         options["auth_token_file"] = str(self.auth_token_file) if self.auth_token_file else None
         return options
 

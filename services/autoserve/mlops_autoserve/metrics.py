@@ -42,6 +42,19 @@ class AutoserveMetrics:
             "autoserve_rollout_percent", "Share of an alias's traffic sent to its rollout's candidate",
             ["model", "alias", "version"], registry=r,
         )
+        gate_labels = ["model", "alias", "version"]
+        self.rollout_step_error_ratio = Gauge(
+            "autoserve_rollout_step_error_ratio", "Share of 5xx answers of a rollout's candidate in its current "
+            "(or last judged) step", gate_labels, registry=r,
+        )
+        self.rollout_step_p95 = Gauge(
+            "autoserve_rollout_step_p95_seconds", "p95 latency of a rollout's candidate in its current (or last "
+            "judged) step", gate_labels, registry=r,
+        )
+        self.rollout_step_agreement = Gauge(
+            "autoserve_rollout_step_agreement_ratio", "Share of the candidate's labels equal to the current version's "
+            "in the step (rollouts with --min-agreement)", gate_labels, registry=r,
+        )
         self.last_reconcile = Gauge(
             "autoserve_last_reconcile_timestamp_seconds", "Unix time of the last completed reconcile",
             registry=r,
@@ -84,6 +97,10 @@ class GatewayMetrics:
         self.shadow_latency = Histogram(
             "autoserve_shadow_latency_seconds", "Latency of shadow copies", ["model", "alias"],
             registry=r, buckets=LATENCY_BUCKETS,
+        )
+        self.payload_log_rows = Counter(
+            "autoserve_payload_log_rows", "Sampled requests for the payload log, by result (written, dropped: "
+            "the buffer was full, failed: the app-db write failed, skipped: body too large)", ["result"], registry=r,
         )
         self.table_serial = Gauge(
             "autoserve_route_table_serial", "Serial of the route table the gateway serves", registry=r

@@ -52,7 +52,17 @@ from mlops_toolkit import http
 from mlops_toolkit.aliases import set_alias
 from mlops_toolkit.errors import one_line
 from mlops_toolkit.registry import alias_map
-from mlops_toolkit.rollout import ABORTED, FAILED, PASSED, RUNNING, Rollout, StepFigures, judge, rollout_of
+from mlops_toolkit.rollout import (
+    ABORTED,
+    FAILED,
+    MIN_REQUESTS,
+    PASSED,
+    RUNNING,
+    Rollout,
+    StepFigures,
+    judge,
+    rollout_of,
+)
 from mlops_toolkit.rollout import save as save_rollout
 from mlops_toolkit.tags import MODEL_VERSION_TAG_MAX, fit
 
@@ -393,11 +403,24 @@ class Reconciler:
         if not isinstance(data, dict):
             return None
         try:
-            return StepFigures(int(data.get("requests", 0)), int(data.get("errors", 0)), data.get("p95_ms"),
-                               int(data.get("labels_compared", 0)), int(data.get("labels_agreed", 0)),
-                               int(data.get("numbers_compared", 0)), float(data.get("abs_diff_sum", 0.0)))
+            figures = StepFigures(int(data.get("requests", 0)), int(data.get("errors", 0)), data.get("p95_ms"),
+                                  int(data.get("labels_compared", 0)), int(data.get("labels_agreed", 0)),
+                                  int(data.get("numbers_compared", 0)), float(data.get("abs_diff_sum", 0.0)))
         except (TypeError, ValueError):  # a gateway of another release: judged again next cycle
             return None
+        self._publish_gate(rollout, figures)
+        return figures
+
+    def _publish_gate(self, rollout: Rollout, figures: StepFigures) -> None:
+        """The step's figures as gauges (kept after the rollout ends: why it ended stays visible)."""
+        if figures.requests < MIN_REQUESTS:
+            return
+        labels = (rollout.model, rollout.alias, str(rollout.candidate))
+        self.metrics.rollout_step_error_ratio.labels(*labels).set(figures.errors / figures.requests)
+        if figures.p95_ms is not None:
+            self.metrics.rollout_step_p95.labels(*labels).set(figures.p95_ms / 1000)
+        if figures.labels_compared >= MIN_REQUESTS:
+            self.metrics.rollout_step_agreement.labels(*labels).set(figures.labels_agreed / figures.labels_compared)
 
     # -- deploy work ---------------------------------------------------------------------
     def _submit_deploy(self, key: DeploymentKey, replica: int, aliases: tuple[str, ...]) -> None:

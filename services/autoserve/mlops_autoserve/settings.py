@@ -78,6 +78,11 @@ class GatewaySettings:
     auth_token: str | None = None  # bearer token required on /serve when set
     shadow_queue: int = 1000  # shadow copies waiting to be sent; beyond it they are dropped (counted)
     shadow_workers: int = 4  # shadow copies in flight at once
+    payload_log_rate: float = 0.0  # share of answered requests written to the app-db's payload_log (0: off)
+    payload_log_db: str | None = None  # SQLAlchemy URL of the app-db (the CLI reads $APP_DB_URL)
+    payload_log_retention_days: float = 7.0  # older rows are deleted (hourly)
+    payload_log_buffer: int = 10_000  # rows waiting for the writer; beyond it they are dropped (counted)
+    payload_log_max_body_bytes: int = 256 * 1024  # larger requests or answers are not logged (counted)
 
     @property
     def max_body_bytes(self) -> int:

@@ -50,8 +50,13 @@ def test_push_to_a_real_pushgateway(pushgateway, unique_name):
     report = drift.detect_drift(_frame(1), _frame(2, shift=1.0))
     drift.push_to_gateway(report, model, pushgateway, prediction_rows=30)
     text = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
-    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}"}} 1' in text
-    assert f'batch_predictions_rows{{instance="",job="model_monitoring",model="{model}"}} 30' in text
+    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}",source="batch"}} 1' in text
+    assert f'batch_predictions_rows{{instance="",job="model_monitoring",model="{model}",source="batch"}} 30' in text
+    drift.push_to_gateway(drift.detect_drift(_frame(1), _frame(2)), model, pushgateway, source="live")
+    text = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
+    # each source is its own group: the live push did not erase the batch figures
+    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}",source="batch"}} 1' in text
+    assert f'model_drift_detected{{instance="",job="model_monitoring",model="{model}",source="live"}} 0' in text
     ks_line = next(line for line in text.splitlines() if line.startswith("model_drift_ks_statistic") and 'feature="a"' in line)
     assert float(ks_line.rsplit(" ", 1)[1]) == pytest.approx(report.features[0].statistic)
     assert "model_drift_p_value{" in text

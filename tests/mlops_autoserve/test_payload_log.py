@@ -1,0 +1,126 @@
+"""The gateway's payload log: sampled requests land in the real app-db (PostgreSQL under
+CI) off the request path; a database that is away costs no request; old rows are pruned."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from mlops_autoserve.metrics import GatewayMetrics
+from mlops_autoserve.payloadlog import BATCH_ROWS, PayloadLog
+from mlops_autoserve.settings import GatewaySettings
+from mlops_toolkit.batch import appdb
+from tests.harness import IRIS_SPLIT, Watcher, wait_for
+
+DEPLOY_TIMEOUT = 120
+PASSWORD = "s3cret-not-for-logs"  # PostgreSQL here trusts loopback: any password connects
+
+
+def _with_password(url: str) -> str:
+    if not url.startswith("postgresql"):
+        return url
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    return f"{scheme}://{user}:{PASSWORD}@{host}"
+
+
+def _count(engine, **where) -> int:
+    return appdb.count_rows(engine, appdb.payload_log, **where)
+
+
+@pytest.mark.slow
+def test_sampled_requests_land_in_the_app_db_and_the_password_stays_out_of_sight(
+        tracking_uri, served_model, app_db_url, tmp_path):
+    url = _with_password(app_db_url)
+    engine = create_engine(app_db_url)
+    model, v1 = served_model.name, served_model.good[0]
+    watcher = Watcher(tracking_uri, tmp_path / "state", [model], "--aliases", "Production",
+                      "--payload-log-rate", "0.5", "--payload-log-db", url).start()
+    try:
+        watcher.serving(model, DEPLOY_TIMEOUT, Production=v1)
+        sent = 400
+        assert {watcher.invoke(model, "Production")[0] for _ in range(sent)} == {200}
+
+        def settled() -> int:
+            """Rows in the table, once a flush interval passed without new ones and the gateway
+            counts exactly as many written."""
+            before = _count(engine, model_name=model)
+            time.sleep(1.5)
+            after = _count(engine, model_name=model)
+            counted = watcher.metric("autoserve_payload_log_rows_total", result="written")
+            return after if after == before == counted and after > 0 else 0
+
+        written = wait_for(settled, 30, what="the payload-log writer caught up")
+        # 400 fair coin flips: mean 200, standard deviation 10; 140..260 is six deviations.
+        assert 140 <= written <= 260, written
+        assert watcher.metric("autoserve_payload_log_rows_total", result="dropped") == 0
+        with engine.connect() as connection:
+            row = connection.execute(select(appdb.payload_log).where(appdb.payload_log.c.model_name == model)).first()
+        assert (row.alias, row.model_version, row.status) == ("Production", v1, 200)
+        assert json.loads(row.request) == IRIS_SPLIT and len(json.loads(row.response)["predictions"]) == 2
+        assert 0 < row.latency_ms < 5000 and row.logged_at is not None
+
+        gateway = watcher.gateway_pid()
+        cmdline = Path(f"/proc/{gateway}/cmdline").read_bytes().decode(errors="replace")
+        if url != app_db_url:  # PostgreSQL: the URL carried a password
+            assert PASSWORD not in cmdline
+            assert PASSWORD not in (watcher.state_dir / "gateway.json").read_text()
+            assert PASSWORD not in (watcher.state_dir / "logs" / "gateway.log").read_text()
+    finally:
+        watcher.stop()
+        engine.dispose()
+
+
+def test_a_database_that_is_away_costs_no_request_and_memory_stays_bounded():
+    """A refused port: every batch fails and is counted; the buffer never grows past its
+    bound, and offering (what the request path does) never waits for the database."""
+    metrics = GatewayMetrics()
+    settings = GatewaySettings(payload_log_rate=1.0, payload_log_buffer=100,
+                               payload_log_db="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    log = PayloadLog(settings, metrics, random.Random(0))
+    log.start()
+    try:
+        started = time.monotonic()
+        for _ in range(5000):
+            log.offer("m", "Production", "1", b'{"inputs": [[1]]}', b'{"predictions": [0]}', 200, 0.002)
+        offering = time.monotonic() - started
+        assert log.buffer.qsize() <= 100
+        counted = metrics.payload_log_rows
+        # at most the buffer and the batch the writer holds were taken; every other row was dropped
+        assert counted.labels("dropped")._value.get() >= 5000 - 100 - BATCH_ROWS
+        wait_for(lambda: counted.labels("failed")._value.get() > 0, 15, what="a failed batch counted")
+    finally:
+        log.stop()
+    print(f"5,000 offers with the database away: {offering * 1000:.1f} ms")
+
+
+def test_rows_past_the_retention_are_pruned_and_big_bodies_are_skipped(app_db_url):
+    engine = create_engine(app_db_url)
+    appdb.migrate(engine)
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    appdb.insert_payloads(engine, [{"logged_at": old, "model_name": "retention", "alias": "Production",
+                                    "model_version": 1, "status": 200, "latency_ms": 1.0, "request": "{}",
+                                    "response": "{}"}])
+    metrics = GatewayMetrics()
+    settings = GatewaySettings(payload_log_rate=1.0, payload_log_db=app_db_url, payload_log_retention_days=1,
+                               payload_log_max_body_bytes=1024)
+    log = PayloadLog(settings, metrics, random.Random(0))
+    log.start()
+    try:
+        log.offer("retention", "Production", "2", b'{"inputs": [[1]]}', b'{"predictions": [0]}', 200, 0.002)
+        log.offer("retention", "Production", "2", b"x" * 2048, b"{}", 200, 0.002)
+        wait_for(lambda: metrics.payload_log_rows.labels("written")._value.get() == 1, 15, what="one row written")
+        wait_for(lambda: _count(engine, model_name="retention", model_version=1) == 0, 15, what="the old row pruned")
+    finally:
+        log.stop()
+    assert _count(engine, model_name="retention") == 1
+    assert metrics.payload_log_rows.labels("skipped")._value.get() == 1
+    with engine.connect() as connection:
+        assert connection.execute(select(func.max(appdb.payload_log.c.model_version))).scalar() == 2
+    engine.dispose()
