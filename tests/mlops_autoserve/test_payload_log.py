@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
-
 from mlops_autoserve.metrics import GatewayMetrics
 from mlops_autoserve.payloadlog import BATCH_ROWS, PayloadLog
 from mlops_autoserve.settings import GatewaySettings
+from sqlalchemy import create_engine, func, select
+
 from mlops_toolkit.batch import appdb
 from tests.harness import IRIS_SPLIT, Watcher, wait_for
 
