@@ -1,10 +1,11 @@
 """A small live stack for the monitoring tests, every part real and on loopback.
 
 An MLflow server started with ``--expose-prometheus``, an autoserve watcher serving one
-model (plus an alias on a version that cannot deploy, so failed-deploy series exist), a
-Pushgateway holding a real drift push and a blackbox exporter with our module file.
-Started once for the package: the metric-name test and the real-Prometheus test share it
-(about 30 s, most of it the first deployment).
+model (plus an alias on a version that cannot deploy, so failed-deploy series exist, two
+shadows, a rollout that fails its gate, and the payload log on), a Pushgateway holding real
+batch and live drift pushes and a blackbox exporter with our module file. Started once for
+the package: the metric-name test and the real-Prometheus test share it (about 40 s, most
+of it the deployments).
 """
 
 from __future__ import annotations
@@ -61,19 +62,22 @@ class LiveStack:
     root: Path
 
 
-def _register_model(name: str, iris_data) -> tuple[int, int]:
-    """One real sklearn version and one whose artifacts do not exist (it cannot deploy)."""
+def _register_model(name: str, iris_data) -> tuple[int, int, int]:
+    """Two real sklearn versions and one whose artifacts do not exist (it cannot deploy)."""
     from mlflow import MlflowClient
     from sklearn.linear_model import LogisticRegression
 
     X, y = iris_data
     with mt.start_run("monitoring-model") as run:
         good = run.log_model(LogisticRegression(max_iter=300).fit(X, y), register_as=name, input_example=X[:3])
+    with mt.start_run("monitoring-model-2") as run:
+        second = run.log_model(LogisticRegression(C=0.5, max_iter=300).fit(X, y), register_as=name,
+                               input_example=X[:3])
     client = MlflowClient(mt.settings().tracking_uri, registry_uri=mt.settings().tracking_uri)
     broken_run = client.create_run(client.get_experiment_by_name("monitoring-tests").experiment_id)
     broken = client.create_model_version(name, source=f"{broken_run.info.artifact_uri}/missing-model",
                                          run_id=broken_run.info.run_id)
-    return good, int(broken.version)
+    return good, second, int(broken.version)
 
 
 @pytest.fixture(scope="package")
@@ -91,9 +95,11 @@ def live_stack(tmp_path_factory, iris_data) -> Iterator[LiveStack]:
         stopping.append(server.stop)
         mt.configure(tracking_uri=server.uri, experiment="monitoring-tests")
         model = f"iris-monitoring-{uuid.uuid4().hex[:6]}"
-        good, broken = _register_model(model, iris_data)
+        good, second, broken = _register_model(model, iris_data)
         mt.set_alias(model, "Production", good)
         mt.set_alias(model, "broken", broken)
+        mt.set_alias(model, "blue", good)  # a rollout of blue to green fails its gate: rollout series
+        mt.set_alias(model, "green", second)
         # Shadows on the same version: their copies reach the same deployment, so the shadow
         # series the Rollouts dashboard and alert use exist without one more model server
         # (one compared as labels, one as numbers: each kind has its own counter).
@@ -104,7 +110,8 @@ def live_stack(tmp_path_factory, iris_data) -> Iterator[LiveStack]:
 
         targets_dir = root / "targets"
         watcher = Watcher(server.uri, root / "autoserve", [model], "--targets-file",
-                          str(targets_dir / "serving.json")).start()
+                          str(targets_dir / "serving.json"), "--payload-log-rate", "1",
+                          "--payload-log-db", f"sqlite:///{root / 'app.db'}").start()
         stopping.append(watcher.stop)
         # In memory only (see tests/conftest.py pushgateway).
         port = free_port()
@@ -129,6 +136,8 @@ def live_stack(tmp_path_factory, iris_data) -> Iterator[LiveStack]:
         wait_for(lambda: all(f"{name}{{" in watcher.metrics_text()
                              for name in ("autoserve_shadow_agreement_total", "autoserve_shadow_abs_diff_total")),
                  10, what="both kinds of shadow comparison")
+        wait_for(lambda: 'result="written"' in watcher.metrics_text(), 10, what="payload-log rows written")
+        _failed_rollout(watcher, model, good, second)
         print(f"\nmonitoring stack ready in {time.monotonic() - started:.1f} s")
         yield LiveStack(server, watcher, pushgateway, blackbox, model, good, broken, targets_dir, root)
     finally:
@@ -147,3 +156,25 @@ def _push_drift(model: str, iris_data, gateway: str) -> None:
     report = drift.detect_drift(X, shifted)
     assert report.drift_detected
     drift.push_to_gateway(report, model, gateway, prediction_rows=len(shifted))
+    drift.push_to_gateway(drift.detect_drift(X, X), model, gateway, source="live")
+
+
+def _failed_rollout(watcher: Watcher, model: str, good: int, second: int) -> None:
+    """A real rollout of blue (v good) to green (v second) whose p95 gate cannot hold, with
+    an agreement gate: every gate gauge and a failed result are exported."""
+    from mlops_toolkit import rollout as rollouts
+
+    for alias, version in (("blue", good), ("green", second)):
+        wait_for(lambda a=alias, v=version: watcher.endpoint_ready(a, v), DEPLOY_TIMEOUT, what=f"{alias} ready")
+    rollouts.start_rollout(model, "green", "blue", steps=(50, 100), step_seconds=3, max_p95_ms=0.001,
+                           min_agreement=0.5)
+
+    def ended() -> bool:
+        assert watcher.invoke(model, "blue")[0] == 200
+        return rollouts.rollout_status(model, "blue").state != "running"
+
+    wait_for(ended, 60, interval=0.05, what="the rollout to fail its gate")
+    assert rollouts.rollout_status(model, "blue").state == "failed"
+    wait_for(lambda: all(f"{name}{{" in watcher.metrics_text() for name in (
+        "autoserve_rollout_step_error_ratio", "autoserve_rollout_step_p95_seconds",
+        "autoserve_rollout_step_agreement_ratio")), 10, what="the rollout gate gauges")

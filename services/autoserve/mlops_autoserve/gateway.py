@@ -312,9 +312,11 @@ class Gateway:
             except web.HTTPRequestEntityTooLarge:
                 return error(413, f"request body over {self.settings.max_body_mb:g} MB", model=model, alias=alias), None
             headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-            response = await self._send(self._canary_or(route), method, path, body, headers)
-            if (route.shadow is not None and path == "/invocations" and response.status == 200
-                    and response.headers.get("X-Model-Version") != str(route.shadow.version)):  # not a canary's own
+            target = self._canary_or(route)
+            response = await self._send(target, method, path, body, headers)
+            # Copies of what the alias's own version answered: a canary's answers are not copied
+            # (during a rollout with a comparison gate the shadow is that very canary).
+            if route.shadow is not None and target is route and path == "/invocations" and response.status == 200:
                 self.shadows.offer(route, body, headers, response.body)  # after the answer: never waited for
             return response, body
         finally:

@@ -335,6 +335,8 @@ class Reconciler:
     def _drive_rollouts(self, desired: Desired) -> None:
         """Judge each running rollout's step on the gateway's figures; move on, promote or fail."""
         for key, rollout in list(desired.rollouts.items()):
+            for result in (PASSED, FAILED, ABORTED):  # series at 0 first, so an alert sees the step to 1
+                self.metrics.rollout_total.labels(rollout.model, result)
             try:
                 ended = self._drive(desired, rollout)
             except Exception as exc:  # noqa: BLE001 - a registry hiccup: judged again next cycle
