@@ -33,6 +33,7 @@ from mlops_toolkit.errors import (
 from mlops_toolkit.jsonlog import configure_json_logging
 from mlops_toolkit.promotion import PromotionDecision, promote_best
 from mlops_toolkit.registry import ModelSummary, VersionInfo, list_models, list_versions
+from mlops_toolkit.rollout import Rollout, abort_rollout, rollout_status, start_rollout
 from mlops_toolkit.runs import Run, start_run
 from mlops_toolkit.shadow import Shadow, clear_shadow, list_shadows, set_shadow
 
@@ -49,6 +50,7 @@ __all__ = [
     "ModelSummary",
     "NotFoundError",
     "PromotionDecision",
+    "Rollout",
     "Run",
     "Settings",
     "Shadow",
@@ -56,6 +58,7 @@ __all__ = [
     "ValidationError",
     "VersionInfo",
     "__version__",
+    "abort_rollout",
     "alias_history",
     "clear_shadow",
     "configure",
@@ -68,8 +71,10 @@ __all__ = [
     "list_versions",
     "promote_best",
     "rollback_alias",
+    "rollout_status",
     "set_alias",
     "set_shadow",
     "settings",
+    "start_rollout",
     "start_run",
 ]

@@ -38,9 +38,12 @@ from mlops_toolkit.ops.processes import (
     who_listens,
 )
 from mlops_toolkit.ops.progress import Progress
+from mlops_toolkit.rollout import Rollout
 from mlops_toolkit.waiting import WaitTimeout, wait_until
 
 ALIASES = ("Production", "challenger")
+ROLLOUT_STEPS = (50, 100)
+ROLLOUT_STEP_SECONDS = 2.0
 
 
 @dataclass
@@ -64,6 +67,8 @@ class DemoResult:
     endpoints: list[dict] = field(default_factory=list)
     predictions: dict[str, dict] = field(default_factory=dict)
     shadow: dict[str, float] = field(default_factory=dict)  # the challenger shadowing Production
+    rollout: Rollout | None = None  # the challenger's canary rollout over Production, as it ended
+    answered: dict[int, int] = field(default_factory=dict)  # during the rollout: version -> requests answered
     seconds_to_first_prediction: float = 0.0
 
 
@@ -99,6 +104,8 @@ class Demo:
             result.predictions[alias] = self._predict(gateway, alias)
         result.seconds_to_first_prediction = self.progress.elapsed
         result.shadow = self._shadow(gateway, admin, result)
+        result.rollout, result.answered = self._rollout(gateway, admin)
+        result.endpoints = gateway_client.endpoints(admin) or result.endpoints
         self._summary(result)
         return result
 
@@ -195,6 +202,40 @@ class Demo:
                       f"on {figures['agreement']:.0f} of {figures['compared']:.0f} values")
         return figures
 
+    def _rollout(self, gateway: str, admin: str) -> tuple[Rollout, dict[int, int]]:
+        """A short canary rollout of the challenger over Production, under a steady request
+        stream: half the traffic, then all of it, each step gated on errors, p95 and agreement."""
+        model = self.options.model_name
+        started = mt.start_rollout(model, "challenger", steps=ROLLOUT_STEPS, step_seconds=ROLLOUT_STEP_SECONDS,
+                                   max_error_rate=0.01, max_p95_ms=1000, min_agreement=0.9)
+        self.progress(f"rollout: challenger (v{started.candidate}) over Production (v{started.baseline}), steps "
+                      f"{'%, '.join(map(str, started.steps))}%, {ROLLOUT_STEP_SECONDS:g} s each")
+        payload = gateway_client.iris_payload(rows=2)
+        answered: dict[int, int] = {}
+        said: set[str] = set()
+
+        def ended() -> Rollout | None:
+            self._autoserve_alive()
+            version = gateway_client.predict(gateway, model, "Production", payload).version
+            answered[version] = answered.get(version, 0) + 1
+            current = mt.rollout_status(model)
+            if current.reason and current.reason not in said:  # each step's verdict, once
+                said.add(current.reason)
+                self.progress(f"  {current.reason}")
+            return current if current.state != "running" else None
+
+        done = wait_until(ended, 60, interval=0.02, what="the rollout to end")
+        shares = ", ".join(f"v{v} {n}" for v, n in sorted(answered.items()))
+        if done.state == "passed":
+            self.progress(f"rollout passed: Production is on v{done.candidate} now (requests answered during the "
+                          f"rollout: {shares})")
+            wait_until(lambda: any(e.get("alias") == "Production" and e.get("version") == done.candidate
+                                   for e in gateway_client.endpoints(admin) or []),
+                       30, interval=0.2, what="the gateway routing Production to the candidate")
+        else:
+            self.progress(f"rollout {done.state}: Production stays on v{done.baseline} ({shares})")
+        return done, answered
+
     def _predict(self, gateway: str, alias: str) -> dict:
         payload = gateway_client.iris_payload(rows=2)
         answer = gateway_client.predict(gateway, self.options.model_name, alias, payload)
@@ -214,6 +255,8 @@ class Demo:
             f"{result.shadow.get('agreement', 0):.0f} of {result.shadow.get('compared', 0):.0f} values so far "
             f"(mlops shadow clear {model} stops it)",
         ]
+        if result.rollout is not None:
+            lines.append(f"  rollout          {result.rollout}")
         for endpoint in result.endpoints:
             lines.append(
                 f"  {model}@{endpoint['alias']:<11} v{endpoint['version']}  "
@@ -224,10 +267,17 @@ class Demo:
             "Try it:",
             f"  curl -s -X POST {result.gateway}/serve/{urllib.parse.quote(model)}/Production/invocations \\",
             f"       -H 'Content-Type: application/json' -d '{sample}'",
-            f"  MLFLOW_TRACKING_URI={result.tracking_uri} mlops alias set Production --model {model} --version "
-            f"{result.predictions['challenger']['version']}   # promote the challenger",
+            *self._next_step(result),
         ]
         self.echo("\n".join(lines))
+
+    def _next_step(self, result: DemoResult) -> list[str]:
+        model, env = self.options.model_name, f"MLFLOW_TRACKING_URI={result.tracking_uri}"
+        if result.rollout is not None and result.rollout.state == "passed":
+            return [f"  {env} mlops alias rollback Production --model {model}   # back to the gate's champion "
+                    f"(v{result.rollout.baseline})"]
+        return [f"  {env} mlops alias set Production --model {model} --version "
+                f"{result.predictions['challenger']['version']}   # promote the challenger"]
 
     # -- shutdown and leftovers ----------------------------------------------------------
     def stop(self) -> None:

@@ -64,9 +64,18 @@ def test_demo_twice_in_a_row_predicts_and_leaves_nothing_running(tmp_path):
     assert shadow and int(shadow.group(2)) >= 20 and int(shadow.group(1)) <= int(shadow.group(2)), out
     ready = float(re.search(r"Ready in ([\d.]+) s", out).group(1))
     assert ready > 0
+    # Then a canary rollout of the challenger over Production: both versions answer during
+    # it, each step's verdict is printed, and Production ends on the challenger's version.
+    assert re.search(r"step 1/2 at 50% passed \(\d+ requests, error rate 0.00%, p95 [\d.]+ ms, agreement "
+                     r"100.00% of \d+ values\)", out), out
+    moved = re.search(r"rollout passed: Production is on v(\d+) now \(requests answered during the rollout: "
+                      r"v(\d+) (\d+), v(\d+) (\d+)\)", out)
+    assert moved and int(moved.group(3)) > 0 and int(moved.group(5)) > 0, out
     state = tmp_path / ".mlops"
     aliases = _aliases(state)
-    assert set(aliases) == {"Production", "challenger"} and aliases["Production"] != aliases["challenger"]
+    assert set(aliases) == {"Production", "challenger"}
+    assert aliases["Production"] == aliases["challenger"] == int(moved.group(1))
+    assert "mlops alias rollback Production --model iris   # back to the gate's champion" in out
     _nothing_left(state, ports)
 
     second = _demo(tmp_path, "--exit-after-smoke", *ports)  # reuses the state folder
