@@ -107,6 +107,7 @@ class Reconciler:
         self._failures: dict[DeploymentKey, Failure] = {}
         self._unrouted_since: dict[str, float] = {}
         self._moved_seen: dict[RouteKey, tuple[int, float]] = {}
+        self._driving: dict[RouteKey, Rollout] = {}  # running rollouts as of the last cycle
         self._health = HealthTracker(settings.ping_failures, settings.liveness_window, settings.ready_timeout)
         self._probed: dict[str, tuple[Verdict, float]] = {}  # ident -> (verdict, monotonic)
         self._thread: threading.Thread | None = None
@@ -334,7 +335,10 @@ class Reconciler:
 
     def _drive_rollouts(self, desired: Desired) -> None:
         """Judge each running rollout's step on the gateway's figures; move on, promote or fail."""
+        for key in [k for k in self._driving if k not in desired.rollouts]:
+            self._ended_elsewhere(self._driving.pop(key))  # seen ended by a registry read, not by a cycle
         for key, rollout in list(desired.rollouts.items()):
+            self._driving[key] = rollout
             for result in (PASSED, FAILED, ABORTED):  # series at 0 first, so an alert sees the step to 1
                 self.metrics.rollout_total.labels(rollout.model, result)
             try:
@@ -344,9 +348,25 @@ class Reconciler:
                 continue
             if ended is not None:
                 del desired.rollouts[key]
-                self.metrics.rollout_total.labels(rollout.model, ended.state).inc()
-                self.metrics.rollout_percent.labels(rollout.model, rollout.alias, str(rollout.candidate)).set(0)
+                del self._driving[key]
+                self._count_ended(ended)
                 self._registry_due = True
+
+    def _count_ended(self, ended: Rollout) -> None:
+        self.metrics.rollout_total.labels(ended.model, ended.state).inc()
+        self.metrics.rollout_percent.labels(ended.model, ended.alias, str(ended.candidate)).set(0)
+
+    def _ended_elsewhere(self, rollout: Rollout) -> None:
+        """A rollout this watcher drove is gone from the registry's running ones (an abort
+        read by a registry poll before a cycle saw it): count how it ended, once."""
+        try:
+            fresh = rollout_of(self.reader.client.get_registered_model(rollout.model), rollout.alias)
+        except Exception:  # noqa: BLE001 - the registry is away: the tag said it is not running
+            fresh = None
+        same = fresh is not None and fresh.candidate == rollout.candidate and fresh.state != RUNNING
+        ended = fresh if same else replace(rollout, state=ABORTED, reason="ended outside this watcher")
+        log.warning(f"rollout ended: {ended}", extra={"model": rollout.model, "alias": rollout.alias})
+        self._count_ended(ended)
 
     def _drive(self, desired: Desired, rollout: Rollout) -> Rollout | None:
         model, alias = rollout.model, rollout.alias
