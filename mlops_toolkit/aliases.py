@@ -23,11 +23,9 @@ read (hand-edited, corrupt, or from a newer release) is skipped with a one-line 
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -36,8 +34,11 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from mlops_toolkit import audit
+from mlops_toolkit.approvals import check_deployable
 from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import NotFoundError, ValidationError, one_line
+from mlops_toolkit.governance import Decision, acting_user, require
 from mlops_toolkit.registry import (
     alias_map,
     get_model,
@@ -109,19 +110,28 @@ def set_alias(
     version: int | str | None = None,
     *,
     reason: str | None = None,
+    authorized: Decision | None = None,
 ) -> AliasChange:
-    """Point ``model@alias`` at ``version`` (default: the latest version) and record it."""
+    """Point ``model@alias`` at ``version`` (default: the latest version) and record it.
+
+    The policy is checked first (``alias.set``; a blocked version, or an unapproved one where
+    the environment requires approval, is refused before anything moves). ``authorized``
+    is for the serving watcher finishing a rollout that user was allowed to start: it
+    replaces the role check, never the version check.
+    """
     model = resolve_model_name(model)
     alias = _require_alias(alias)
+    decision = authorized or require("alias.set", model=model, alias=alias, to_version=version)
     with registry() as client:
         registered = get_model(client, model)
         current = alias_map(registered).get(alias)
         target = _existing_version(client, model, version)
         if current == target:
             return AliasChange(model, alias, current, target, "unchanged")
+        check_deployable(client, model, alias, target, decision)
         change = AliasChange(model, alias, current, target, "set")
         _move_with_record(client, change, reason, registered.tags,
-                          lambda: _point_alias(client, model, alias, target))
+                          lambda: _point_alias(client, model, alias, target), decision=decision)
     return change
 
 
@@ -148,12 +158,13 @@ def delete_alias(model: str | None, alias: str, *, reason: str | None = None) ->
     """Remove ``model@alias`` (the version stays) and record it."""
     model = resolve_model_name(model)
     alias = require_name(alias, "alias")
+    decision = require("alias.delete", model=model, alias=alias)
     with registry() as client:
         registered = get_model(client, model)
         version = _aliased_version(client, model, alias, registered)
         change = AliasChange(model, alias, version, None, "delete")
         _move_with_record(client, change, reason, registered.tags,
-                          lambda: client.delete_registered_model_alias(model, alias))
+                          lambda: client.delete_registered_model_alias(model, alias), decision=decision)
     return change
 
 
@@ -169,6 +180,7 @@ def rollback_alias(model: str | None, alias: str, *, reason: str | None = None) 
     """Move ``model@alias`` back to the version it held before its last recorded move."""
     model = resolve_model_name(model)
     alias = _require_alias(alias)
+    decision = require("alias.rollback", model=model, alias=alias)
     with registry() as client:
         registered = get_model(client, model)
         current = alias_map(registered).get(alias)
@@ -177,18 +189,11 @@ def rollback_alias(model: str | None, alias: str, *, reason: str | None = None) 
         if undone is None or undone.from_version is None:
             raise ValidationError(f"{model}@{alias} has no earlier version to roll back to")
         target = _existing_version(client, model, undone.from_version)
+        check_deployable(client, model, alias, target, decision)
         change = AliasChange(model, alias, current, target, "rollback")
         _move_with_record(client, change, reason, registered.tags,
-                          lambda: _point_alias(client, model, alias, target), undoes=undone.id)
+                          lambda: _point_alias(client, model, alias, target), undoes=undone.id, decision=decision)
     return change
-
-
-def current_user() -> str:
-    """Who to record in the history: MLOPS_USER, else the login name."""
-    try:
-        return os.environ.get("MLOPS_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _event_to_undo(events: list[AliasEvent]) -> AliasEvent | None:
@@ -262,18 +267,27 @@ def _move_with_record(
     tags: Mapping[str, str],
     move: Callable[[], object],
     undoes: str | None = None,
+    decision: Decision | None = None,
 ) -> None:
-    """Write the event, then move; a move never happens without its record.
+    """Write the audit event and the history event, then move; a move never happens without
+    its record.
 
-    A failed event write raises before anything moved. A failed move takes its event back.
-    Pruning and migrating old entries come after the move and only warn when they fail.
+    In prod a failed audit write refuses the move; elsewhere it warns. A failed history write
+    raises before anything moved. A failed move takes its history event back (and is audited
+    as failed). Pruning and migrating old entries come after the move and only warn.
     """
+    action = "alias.rollback" if change.action == "rollback" else f"alias.{change.action}"
+    fields = dict(model=change.model, alias=change.alias, from_version=change.from_version,
+                  to_version=change.to_version, reason=reason)
+    audit.record(action, "allowed", decision=decision, strict=bool(decision and decision.environment == "prod"),
+                 **fields)
     key = _new_event_key(change.alias)
-    client.set_registered_model_tag(change.model, key, _encode_event(change, reason, undoes))
+    client.set_registered_model_tag(change.model, key, _encode_event(change, reason, undoes, decision))
     try:
         move()
-    except BaseException:
+    except BaseException as exc:
         _delete_tags(client, change.model, [key], "take back the event of a failed move")
+        audit.record(action, "failed", decision=decision, **{**fields, "error": one_line(exc)})
         raise
     try:
         _migrate_legacy(client, change.model, change.alias, tags)
@@ -306,12 +320,13 @@ def _point_alias(client: MlflowClient, model: str, alias: str, version: int, att
             time.sleep(0.05 + secrets.randbelow(100) / 1000)
 
 
-def _encode_event(change: AliasChange, reason: str | None, undoes: str | None = None) -> str:
+def _encode_event(change: AliasChange, reason: str | None, undoes: str | None = None,
+                  decision: Decision | None = None) -> str:
     event = AliasEvent(
         action=change.action,
         from_version=change.from_version,
         to_version=change.to_version,
-        user=fit(current_user(), USER_MAX_CHARS),
+        user=fit(decision.user if decision else acting_user(), USER_MAX_CHARS),
         timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         reason=fit(reason, REASON_MAX_CHARS) if reason else None,
         undoes=undoes,

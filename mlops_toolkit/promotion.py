@@ -2,17 +2,22 @@
 
 The candidate is the registered version whose source run has the best value of one
 metric; the alias moves only when the candidate beats the current holder by at least
-``min_delta``. Every decision, moved or not, comes back with the reason, and every move
-is recorded in the alias history like any other.
+``min_delta``. Blocked versions do not compete; a winner the environment's policy may not
+put on the alias (not approved) leaves it where it is, with that reason. Every decision,
+moved or not, comes back with the reason, and every move is recorded in the alias history
+like any other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlops_toolkit import audit
 from mlops_toolkit.aliases import AliasChange, set_alias
+from mlops_toolkit.approvals import BLOCKED_TAG, governance_of, why_not_deployable
 from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import ValidationError
+from mlops_toolkit.governance import environment
 from mlops_toolkit.registry import alias_version, iter_model_versions
 
 
@@ -48,7 +53,18 @@ def promote_best(
     min_delta: float = 0.0,
     dry_run: bool = False,
 ) -> PromotionDecision:
-    """Point ``alias`` at the best version by ``metric`` if it beats the holder by ``min_delta``."""
+    """Point ``alias`` at the best version by ``metric`` if it beats the holder by ``min_delta``.
+    Every decision (moved or not, not a dry run) is an audit event."""
+    decision = _promote_best(model, metric, alias, higher_is_better, min_delta, dry_run)
+    if not dry_run:
+        audit.record("promote", "promoted" if decision.promoted else "kept", model=decision.model, alias=alias,
+                     from_version=decision.current_version, to_version=decision.candidate_version,
+                     reason=decision.reason, metric=metric)
+    return decision
+
+
+def _promote_best(model: str | None, metric: str, alias: str, higher_is_better: bool, min_delta: float,
+                  dry_run: bool) -> PromotionDecision:
     model = resolve_model_name(model)
     metric = require_name(metric, "metric")
     alias = require_name(alias, "alias")
@@ -106,6 +122,10 @@ class _Decision:
         return self._make(False, reason, None)
 
     def promote(self, reason: str, dry_run: bool) -> PromotionDecision:
+        with registry() as client:  # an unapproved winner, where approval is required, does not move it
+            blocker = why_not_deployable(governance_of(client, self.model, self.candidate), self.alias, environment())
+        if blocker is not None:
+            return self.keep(f"{reason}; but {blocker}")
         if dry_run:
             return self._make(False, f"dry run, would promote: {reason}", None)
         change = set_alias(self.model, self.alias, self.candidate, reason=f"promote_best: {reason}")
@@ -119,8 +139,8 @@ def _scores_by_version(client, model: str, metric: str) -> dict[int, float]:
     run_metrics: dict[str, dict[str, float]] = {}
     scores: dict[int, float] = {}
     for mv in iter_model_versions(client, model):
-        if mv.status != "READY" or not mv.run_id:
-            continue
+        if mv.status != "READY" or not mv.run_id or (mv.tags or {}).get(BLOCKED_TAG) == "true":
+            continue  # not ready, no run, or blocked: it cannot compete
         if mv.run_id not in run_metrics:
             try:
                 run_metrics[mv.run_id] = client.get_run(mv.run_id).data.metrics

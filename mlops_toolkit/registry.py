@@ -60,11 +60,17 @@ def iter_registered_models(
 
 def iter_model_versions(client: MlflowClient, model: str) -> Iterator[ModelVersion]:
     """Every version of one model, following page tokens."""
+    return iter_versions_matching(client, f"name = {quote_filter_value(model)}")
+
+
+def iter_versions_matching(client: MlflowClient, filter_string: str,
+                           on_page: Callable[[], object] | None = None) -> Iterator[ModelVersion]:
+    """Every version (of any model) matching an MLflow search filter, following page tokens."""
     token = None
     while True:
-        page = client.search_model_versions(
-            filter_string=f"name = {quote_filter_value(model)}", max_results=PAGE_SIZE, page_token=token
-        )
+        page = client.search_model_versions(filter_string=filter_string, max_results=PAGE_SIZE, page_token=token)
+        if on_page is not None:
+            on_page()
         yield from page
         token = page.token
         if not token:

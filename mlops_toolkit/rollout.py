@@ -22,9 +22,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from mlops_toolkit.aliases import REASON_MAX_CHARS, current_user
+from mlops_toolkit import audit
+from mlops_toolkit.aliases import REASON_MAX_CHARS
+from mlops_toolkit.approvals import check_deployable
 from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import NotFoundError, ValidationError
+from mlops_toolkit.governance import require
 from mlops_toolkit.registry import alias_map, get_model
 from mlops_toolkit.tags import fit
 
@@ -107,6 +110,7 @@ def start_rollout(model: str | None, to: str, alias: str = "Production", *, step
         raise ValidationError(f"max mean absolute difference cannot be negative, got {max_mean_abs_diff:g}")
     if (min_agreement is not None or max_mean_abs_diff is not None) and steps == (100,):
         raise ValidationError("a comparison gate needs a step below 100% (at 100% nothing is left to compare with)")
+    decision = require("rollout.start", model=model, alias=alias)
     with registry() as client:
         registered = get_model(client, model)
         aliases = alias_map(registered)
@@ -119,10 +123,13 @@ def start_rollout(model: str | None, to: str, alias: str = "Production", *, step
         current = rollout_of(registered, alias)
         if current is not None and current.state == RUNNING:
             raise ValidationError(f"a rollout is already running: {current}")
+        check_deployable(client, model, alias, aliases[to], decision)  # it would end on the alias
         rollout = Rollout(model, alias, to, aliases[to], aliases[alias], steps, float(step_seconds),
                           float(max_error_rate), float(max_p95_ms),
                           None if min_agreement is None else float(min_agreement),
-                          None if max_mean_abs_diff is None else float(max_mean_abs_diff), started_by=current_user())
+                          None if max_mean_abs_diff is None else float(max_mean_abs_diff), started_by=decision.user)
+        audit.record("rollout.start", decision=decision, strict=decision.environment == "prod", model=model,
+                     alias=alias, from_version=rollout.baseline, to_version=rollout.candidate, reason=str(rollout))
         save(client, rollout)
     return rollout
 
@@ -139,10 +146,13 @@ def rollout_status(model: str | None, alias: str = "Production") -> Rollout:
 
 def abort_rollout(model: str | None, alias: str = "Production") -> Rollout:
     """Send all traffic back to the baseline at once; the alias stays where it is."""
+    decision = require("rollout.abort", model=model, alias=alias)
     rollout = rollout_status(model, alias)
     if rollout.state != RUNNING:
         raise ValidationError(f"nothing to abort: {rollout}")
-    ended = replace(rollout, state=ABORTED, reason=f"aborted by {current_user()}")
+    ended = replace(rollout, state=ABORTED, reason=f"aborted by {decision.user}")
+    audit.record("rollout.abort", decision=decision, model=rollout.model, alias=alias,
+                 from_version=rollout.candidate, to_version=rollout.baseline, reason=ended.reason)
     with registry() as client:
         save(client, ended)
     return ended

@@ -73,12 +73,15 @@ class Run:
         name: str = "model",
         pip_requirements: list[str] | None = None,
         extra_pip_requirements: list[str] | None = None,
+        data_hash: str | None = None,
     ) -> int:
         """Log, register and return the new version number of ``model``.
 
         The signature is inferred from ``input_example`` (predictions included), a data
         contract is stored at ``data_contract/input_schema.json``, and pip requirements are
         pinned from the installed packages instead of MLflow's slow inference subprocess.
+        The new version gets its governance tags: owner (the acting user), environment,
+        approval state ``pending`` and, when given, ``data_hash`` (the training data's hash).
         """
         import mlflow
         from mlflow.models import infer_signature
@@ -92,7 +95,7 @@ class Run:
         flavor_options = {}
         if flavor.__name__ == "mlflow.sklearn":
             flavor_options["skops_trusted_types"] = own_skops_types(model)
-        with registry():
+        with registry() as client:
             info = flavor.log_model(
                 model,
                 name=name,
@@ -105,9 +108,28 @@ class Run:
                 **flavor_options,
             )
             mlflow.log_dict(build_contract(input_example, signature), CONTRACT_PATH, run_id=self.run_id)
-        if info.registered_model_version is None:
-            raise ValidationError(f"MLflow did not register '{model_name}'")
-        return int(info.registered_model_version)
+            if info.registered_model_version is None:
+                raise ValidationError(f"MLflow did not register '{model_name}'")
+            version = int(info.registered_model_version)
+            _governance_tags(client, model_name, version, data_hash)
+        return version
+
+
+def _governance_tags(client: Any, model: str, version: int, data_hash: str | None) -> None:
+    from mlops_toolkit.approvals import (
+        APPROVAL_STATE_TAG,
+        DATA_HASH_TAG,
+        ENVIRONMENT_TAG,
+        OWNER_TAG,
+        PENDING,
+    )
+    from mlops_toolkit.governance import acting_user, environment
+
+    tags = {OWNER_TAG: acting_user(), ENVIRONMENT_TAG: environment(), APPROVAL_STATE_TAG: PENDING}
+    if data_hash:
+        tags[DATA_HASH_TAG] = data_hash
+    for key, value in tags.items():
+        client.set_model_version_tag(model, str(version), key, value)
 
 
 @contextlib.contextmanager

@@ -14,8 +14,10 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mlops_toolkit import audit
 from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import NotFoundError, ValidationError
+from mlops_toolkit.governance import require
 from mlops_toolkit.registry import alias_map, get_model, iter_registered_models
 
 if TYPE_CHECKING:
@@ -51,12 +53,15 @@ def set_shadow(model: str | None, alias: str, of: str = "Production", *, percent
     if compare not in COMPARISONS:
         raise ValidationError(f"compare must be one of {', '.join(COMPARISONS)}, got {compare!r}")
     shadow = Shadow(model, of, alias, float(percent), compare)
+    decision = require("shadow.set", model=model, alias=alias)
     with registry() as client:
         aliases = alias_map(get_model(client, model))
         missing = [a for a in (of, alias) if a not in aliases]
         if missing:
             known = ", ".join(sorted(aliases)) or "none"
             raise NotFoundError(f"model '{model}' has no alias {', '.join(repr(a) for a in missing)} (aliases: {known})")
+        audit.record("shadow.set", decision=decision, model=model, alias=alias, version=aliases[alias],
+                     reason=f"shadow of {of} at {shadow.percent:g}%")
         client.set_registered_model_tag(model, SHADOW_TAG_PREFIX + of, json.dumps(
             {"alias": alias, "percent": shadow.percent, "compare": compare}, separators=(",", ":")))
     return shadow
@@ -66,10 +71,12 @@ def clear_shadow(model: str | None, of: str = "Production") -> Shadow:
     """Stop copying ``model@of``'s traffic; NotFoundError when there was no shadow."""
     model = resolve_model_name(model)
     of = require_name(of, "alias")
+    decision = require("shadow.clear", model=model)
     with registry() as client:
         current = {s.of: s for s in shadows_of(get_model(client, model))}.get(of)
         if current is None:
             raise NotFoundError(f"{model}@{of} has no shadow")
+        audit.record("shadow.clear", decision=decision, model=model, alias=current.alias, reason=f"shadow of {of}")
         client.delete_registered_model_tag(model, SHADOW_TAG_PREFIX + of)
     return current
 

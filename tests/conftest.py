@@ -8,6 +8,7 @@ what production runs. Nothing here mocks MLflow.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -188,3 +189,18 @@ def pushgateway(tmp_path) -> Iterator[str]:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def s3_server(tmp_path) -> Iterator[str]:
+    """moto's S3 server on loopback, standing in for the stack's MinIO (which cannot run
+    here: not in Debian, PyPI or npm). The only fake in the suite."""
+    from mlops_toolkit.ops.processes import free_port
+    from tests.daemons import Daemon, binary
+
+    port = free_port()
+    daemon = Daemon([binary("moto_server", path=os.path.dirname(sys.executable)), "-H", "127.0.0.1", "-p", str(port)],
+                    port, tmp_path / "moto.log", ready_path="/")
+    yield daemon.url
+    daemon.stop()
+

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from mlops_toolkit.aliases import get_alias
+from mlops_toolkit.approvals import check_servable
 from mlops_toolkit.batch.appdb import (
     count_rows,
     input_rows,
@@ -31,6 +32,7 @@ from mlops_toolkit.batch.training import (
 )
 from mlops_toolkit.config import registry
 from mlops_toolkit.errors import NotFoundError, ValidationError
+from mlops_toolkit.governance import environment
 from mlops_toolkit.registry import alias_version as registry_alias_version
 from mlops_toolkit.tags import RUN_TAG_MAX, fit
 
@@ -103,7 +105,8 @@ def score_batch(engine: Engine, logical_date: dt.date, model: str, alias: str = 
                 version: int | None = None) -> ScoreResult:
     """Predict the day's batch with one version of ``model``: ``version`` when given (what the
     DAG's sensor found, even if the alias moved since), else the one ``alias`` points at now.
-    Replaces that day's predictions."""
+    Replaces that day's predictions. In prod a version that is not approved, or is blocked,
+    is refused (PolicyRefusal) before anything is written."""
     import mlflow
 
     migrate(engine)
@@ -113,6 +116,7 @@ def score_batch(engine: Engine, logical_date: dt.date, model: str, alias: str = 
     with registry() as client:
         if version is None:
             version = get_alias(model, alias).version  # resolved once: every row gets the same version
+        check_servable(client, model, version, environment())  # prod scores approved, unblocked versions only
         run_id = client.get_model_version(model, str(version)).run_id or None
         loaded = mlflow.pyfunc.load_model(f"models:/{model}/{version}")
     feature_names = [spec.name for spec in loaded.metadata.get_input_schema().inputs]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlops_toolkit.aliases import AliasChange, set_alias
+from mlops_toolkit.batch.drift import data_hash
 from mlops_toolkit.promotion import PromotionDecision, promote_best
 from mlops_toolkit.runs import start_run
 
@@ -73,7 +74,8 @@ def train_candidates(
                 "train_rows": float(len(X_train)),
             }
             run.log_metrics(metrics)
-            version = run.log_model(estimator, register_as=register_as, input_example=X_val.head(3))
+            version = run.log_model(estimator, register_as=register_as, input_example=X_val.head(3),
+                                    data_hash=data_hash(X_train))
         candidate = Candidate(name, version, metrics)
         trained.append(candidate)
         if on_trained:

@@ -21,6 +21,7 @@ from mlops_toolkit.cli.bootstrap import bootstrap
 from mlops_toolkit.cli.common import tracking_uri_option
 from mlops_toolkit.cli.demo import demo
 from mlops_toolkit.cli.doctor import doctor
+from mlops_toolkit.cli.govern import approve, audit_group, block, unblock, whoami
 from mlops_toolkit.cli.models import models
 from mlops_toolkit.cli.promote import promote
 from mlops_toolkit.cli.rollout import rollout
@@ -29,7 +30,33 @@ from mlops_toolkit.errors import MlopsError
 
 
 class _ToolkitGroup(click.Group):
-    """Root group: the one place where exceptions become a readable line."""
+    """Root group: the one place where exceptions become a readable line, and where the
+    service's commands join (from the ``mlops.commands`` entry point, on first use: loading
+    them at import would make ``import mlops_autoserve.cli`` import itself half-way)."""
+
+    _plugins_loaded = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.load_plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        self.load_plugins()
+        return super().get_command(ctx, name)
+
+    def load_plugins(self) -> None:
+        """Commands registered under the ``mlops.commands`` entry point (autoserve, gateway,
+        serve from the serving service): loaded by name, so the library never imports the service."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for entry in entry_points(group="mlops.commands"):
+            if entry.name in self.commands:
+                continue
+            try:
+                self.add_command(entry.load(), entry.name)
+            except ImportError as exc:  # pragma: no cover - a broken plugin must not break `mlops`
+                print(f"warning: command {entry.name!r} ({entry.value}) could not be loaded: {exc}", file=sys.stderr)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -84,18 +111,5 @@ main.add_command(demo)
 main.add_command(bootstrap)
 main.add_command(shadow)
 main.add_command(rollout)
-
-
-def _add_plugin_commands(group: click.Group) -> None:
-    """Commands registered under the ``mlops.commands`` entry point (autoserve, gateway, serve
-    from the serving service): loaded by name, so the library never imports the service."""
-    for entry in entry_points(group="mlops.commands"):
-        if entry.name in group.commands:
-            continue
-        try:
-            group.add_command(entry.load(), entry.name)
-        except ImportError as exc:  # pragma: no cover - a broken plugin must not break `mlops`
-            print(f"warning: command {entry.name!r} ({entry.value}) could not be loaded: {exc}", file=sys.stderr)
-
-
-_add_plugin_commands(main)
+for _command in (approve, block, unblock, whoami, audit_group):
+    main.add_command(_command)

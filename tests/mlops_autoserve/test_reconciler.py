@@ -182,3 +182,43 @@ def test_an_aborted_rollout_gives_the_traffic_back_in_the_next_cycle_not_the_nex
     assert reconciler.metrics.rollout_total.labels(model, "aborted")._value.get() == 1
     assert reconciler.metrics.rollout_percent.labels(model, "Production", "2")._value.get() == 0
     assert mt.get_alias(model, "Production").version == 1
+
+
+def test_prod_keeps_an_alias_on_what_it_served_until_the_wanted_version_is_approved(tmp_path, make_model,
+                                                                                    tracking_uri, monkeypatch):
+    """The real registry; MLOPS_ENVIRONMENT=prod on the watcher: an unapproved wanted version
+    is not started, the route stays on the approved one and says blocked and why; an alias
+    that served nothing answers 503 with the reason; approving lets the move happen."""
+    import mlops_toolkit as mt
+    from mlops_toolkit import approvals
+
+    model = make_model(versions=3)
+    approvals.approve(model, 1)
+    mt.set_alias(model, "Production", 1)
+    runtime = FakeRuntime()
+    runtime.add("v1", 1, model=model)
+    config = AutoserveSettings(tracking_uri=tracking_uri, state_dir=tmp_path, smoke_test=False, drain_seconds=0.0,
+                               poll_interval=3600, models=frozenset({model}), environment="prod")
+    reconciler = Reconciler(config, runtime, AutoserveMetrics())
+    reconciler.reconcile_once()
+    assert read(table_path(tmp_path)).get(model, "Production").state == "ready"
+
+    mt.set_alias(model, "Production", 2)
+    mt.set_alias(model, "staging", 3)
+    reconciler._registry_due = True
+    reconciler.reconcile_once()
+    table = read(table_path(tmp_path))
+    production, staging = table.get(model, "Production"), table.get(model, "staging")
+    assert (production.version, production.desired_version, production.state) == (1, 2, "blocked")
+    assert production.last_error == f"v2 is not approved for prod (mlops approve {model} --version 2)"
+    assert [r.ident for r in production.replicas] == ["v1"]  # still serving
+    assert (staging.version, staging.state, staging.replicas) == (None, "blocked", ())
+    assert runtime.started == []  # neither unapproved version was started
+    blocked = reconciler.metrics.route_blocked
+    assert blocked.labels(model, "Production", "2")._value.get() == 1
+
+    approvals.approve(model, 2)
+    reconciler._registry_due = True
+    reconciler.reconcile_once()
+    assert [key.version for key, _ in runtime.started] == [2]  # the move goes ahead (blue/green)
+    assert read(table_path(tmp_path)).get(model, "Production").state == "switching"

@@ -54,4 +54,7 @@ def test_service_commands_come_from_the_entry_point():
     registered = {e.name: e.value for e in entry_points(group="mlops.commands")}
     assert registered == {"autoserve": "mlops_autoserve.cli:autoserve", "gateway": "mlops_autoserve.cli:gateway",
                           "serve": "mlops_autoserve.cli:serve"}
-    assert set(registered) <= set(main.commands)
+    import click
+
+    assert set(registered) <= set(main.list_commands(click.Context(main)))
+    assert main.get_command(click.Context(main), "autoserve").name == "autoserve"

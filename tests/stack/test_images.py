@@ -9,9 +9,7 @@ ports only. The serving image is exercised by tests/mlops_autoserve/runtime/test
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +19,6 @@ import pytest
 
 from mlops_toolkit.ops.processes import free_port
 from tests.conftest import IN_CI, PG_DSN, need, repo_root
-from tests.daemons import Daemon, binary
 
 pytestmark = pytest.mark.slow
 ROOT = repo_root()
@@ -61,17 +58,6 @@ def test_image_tags_follow_content_and_are_never_overwritten(images):
                             "autoserve", "mlflow", "airflow"], capture_output=True, text=True, timeout=120)
     assert again.stdout.split() == list(images.values())  # same content, same tags, nothing rebuilt
     assert {name: docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip() for name, tag in images.items()} == ids
-
-
-@pytest.fixture
-def s3_server(tmp_path) -> str:
-    """moto's S3 server on loopback, standing in for the stack's MinIO (which cannot run
-    here: not in Debian, PyPI or npm). The only fake in the suite."""
-    port = free_port()
-    daemon = Daemon([binary("moto_server", path=os.path.dirname(sys.executable)), "-H", "127.0.0.1", "-p", str(port)],
-                    port, tmp_path / "moto.log", ready_path="/")
-    yield daemon.url
-    daemon.stop()
 
 
 def _answers(url: str, timeout: float) -> bool:

@@ -133,10 +133,14 @@ def gateway(state_dir, **options) -> None:
 @click.option("--targets-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write every serving endpoint's /ping as Prometheus file_sd JSON here (blackbox probes).")
 @click.option("--leave-running", is_flag=True, help="On exit keep deployments and the gateway running for the next watcher.")
+@click.option("--environment", envvar="MLOPS_ENVIRONMENT", type=click.Choice(["dev", "stage", "prod"]),
+              default=_A.environment, show_default=True,
+              help="$MLOPS_ENVIRONMENT. In prod an alias is routed only to an approved, unblocked version; "
+                   "otherwise it keeps what it served (state 'blocked').")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
               container_tracking_uri, instance, watcher_port, no_gateway, gateway_admin_url, port_range, workers,
               replicas, min_ready, env_manager, ready_timeout, no_smoke_test, webhook_secret, register_webhook,
-              webhook_url, state_dir, targets_file, leave_running, **gateway_options) -> None:
+              webhook_url, state_dir, targets_file, leave_running, environment, **gateway_options) -> None:
     """Serve every registry alias with `mlflow models serve` and follow alias moves.
 
     Starts (or reuses) the gateway as a process of its own, which keeps serving while the
@@ -170,7 +174,7 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
         docker=DockerSettings(image=docker_image, network=docker_network, publish=docker_publish,
                               container_tracking_uri=container_tracking_uri, instance=instance),
-        targets_file=targets_file,
+        targets_file=targets_file, environment=environment,
     )
     if register_webhook:
         url = webhook_url or f"http://{host}:{watcher_port}/webhooks/mlflow"

@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_toolkit.registry import alias_map, iter_registered_models
+from mlops_toolkit.approvals import (
+    APPROVAL_STATE_TAG,
+    APPROVED,
+    BLOCKED_TAG,
+    serving_refusal,
+)
+from mlops_toolkit.registry import (
+    alias_map,
+    iter_registered_models,
+    iter_versions_matching,
+)
 from mlops_toolkit.rollout import RUNNING, Rollout, rollouts_of
 from mlops_toolkit.shadow import Shadow, shadows_of
 
@@ -30,6 +40,7 @@ class Desired:
     replicas: dict[str, int] = field(default_factory=dict)  # models whose tag overrides --replicas
     shadows: dict[RouteKey, Shadow] = field(default_factory=dict)  # (model, mirrored alias) -> its shadow
     rollouts: dict[RouteKey, Rollout] = field(default_factory=dict)  # running rollouts, by (model, alias)
+    held: dict[RouteKey, str] = field(default_factory=dict)  # prod: wanted versions that may not serve, and why
 
 
 class RegistryReader:
@@ -64,7 +75,23 @@ class RegistryReader:
                 count = self._replicas(model.name, raw)
                 if count is not None:
                     desired.replicas[model.name] = count
+        if self.settings.environment == "prod" and desired.routes:
+            self._hold_ungoverned(desired)
         return desired
+
+    def _hold_ungoverned(self, desired: Desired) -> None:
+        """Prod serves approved, unblocked versions only: two tag searches per registry read."""
+        def matching(tag: str, value: str) -> set[tuple[str, int]]:
+            found = iter_versions_matching(self.client, f"tags.`{tag}` = '{value}'",
+                                           on_page=self.metrics.registry_requests.inc)
+            return {(v.name, int(v.version)) for v in found}
+
+        approved = matching(APPROVAL_STATE_TAG, APPROVED)
+        blocked = matching(BLOCKED_TAG, "true")
+        for (model, alias), version in desired.routes.items():
+            reason = serving_refusal((model, version) in approved, (model, version) in blocked, model, version)
+            if reason is not None:
+                desired.held[(model, alias)] = reason
 
     def _replicas(self, model: str, raw: str) -> int | None:
         try:

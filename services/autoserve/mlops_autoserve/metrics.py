@@ -42,6 +42,10 @@ class AutoserveMetrics:
             "autoserve_rollout_percent", "Share of an alias's traffic sent to its rollout's candidate",
             ["model", "alias", "version"], registry=r,
         )
+        self.route_blocked = Gauge(
+            "autoserve_route_blocked", "1 while prod holds an alias back from its wanted version (not approved, or "
+            "blocked); the version is the wanted one", ["model", "alias", "version"], registry=r,
+        )
         gate_labels = ["model", "alias", "version"]
         self.rollout_step_error_ratio = Gauge(
             "autoserve_rollout_step_error_ratio", "Share of 5xx answers of a rollout's candidate in its current "

@@ -39,6 +39,7 @@ class RouteState(enum.StrEnum):
     SWITCHING = "switching"  # the previous version serves while the wanted one starts
     RESTARTING = "restarting"  # the wanted version served and lost every replica
     FAILED = "failed"  # the wanted version could not start; what served before still does
+    BLOCKED = "blocked"  # prod: the wanted version is not approved or is blocked; what served before still does
 
 
 @dataclass(frozen=True)

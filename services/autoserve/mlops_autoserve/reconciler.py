@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 
@@ -48,9 +48,10 @@ from mlops_autoserve.routetable import (
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.targets import TargetsFile
-from mlops_toolkit import http
+from mlops_toolkit import audit, http
 from mlops_toolkit.aliases import set_alias
 from mlops_toolkit.errors import one_line
+from mlops_toolkit.governance import Decision, PolicyRefusal, environment
 from mlops_toolkit.registry import alias_map
 from mlops_toolkit.rollout import (
     ABORTED,
@@ -108,6 +109,7 @@ class Reconciler:
         self._unrouted_since: dict[str, float] = {}
         self._moved_seen: dict[RouteKey, tuple[int, float]] = {}
         self._driving: dict[RouteKey, Rollout] = {}  # running rollouts as of the last cycle
+        self._held_logged: set[RouteKey] = set()  # held routes already logged (once per hold)
         self._health = HealthTracker(settings.ping_failures, settings.liveness_window, settings.ready_timeout)
         self._probed: dict[str, tuple[Verdict, float]] = {}  # ident -> (verdict, monotonic)
         self._thread: threading.Thread | None = None
@@ -210,8 +212,9 @@ class Reconciler:
         if not previous and self._seed is not None:
             previous = self._routes_from_table(self._seed, observed)
         self._seed = None
+        held = self._held(desired, previous)
         result = planner.plan(planner.Inputs(
-            desired=desired.routes, observed=observed, previous=previous, now=time.monotonic(), wall=time.time(),
+            desired=held.planned, observed=observed, previous=previous, now=time.monotonic(), wall=time.time(),
             replicas=desired.replicas, default_replicas=self.settings.replicas, min_ready=self.settings.min_ready,
             pending=frozenset(self._pending), stopping=frozenset(self._stopping), failures=self._failures,
             unrouted_since=self._unrouted_since, strategy=self.settings.strategy,
@@ -226,17 +229,44 @@ class Reconciler:
         self.routes = MappingProxyType(result.routes)
         self._drive_rollouts(desired)  # first: an ended rollout's traffic goes back in this very table
         canaries = self._canaries(desired, observed)
+        published = {key: held.shown(key, route) for key, route in result.routes.items()}
+        published.update({key: route for key, route in held.unserved.items() if key not in published})
         self.publisher.publish(tuple(
             _entry(r, _shadow_target(key, desired, result.routes, canaries.get(key)), canaries.get(key))
-            for key, r in result.routes.items()))
+            for key, r in published.items()))
         self._unrouted_since = result.unrouted_since
         for key, replica, aliases in result.deploy:
             self._submit_deploy(key, replica, aliases)
         for deployment in result.retire:
             self._retire(deployment)
-        self._publish_endpoint_metrics(result.routes)
+        self._publish_endpoint_metrics(published)
+        self._publish_held(held)
         if self._targets is not None:
             self._targets.write(result.routes.values())
+
+    def _held(self, desired: Desired, previous: dict[RouteKey, Route]) -> Held:
+        """Prod's rule applied to the plan: a route whose wanted version may not serve keeps
+        the version it serves (or serves nothing); the published state says blocked, and why."""
+        planned = dict(desired.routes)
+        unserved = {}
+        for key, reason in desired.held.items():
+            before = previous.get(key)
+            if before is not None and before.version is not None:
+                planned[key] = before.version
+            else:
+                del planned[key]
+                unserved[key] = Route(key[0], key[1], desired.routes[key], (), RouteState.BLOCKED, time.time(), reason)
+            if key not in self._held_logged:
+                log.warning("route held: the wanted version may not serve here",
+                            extra={"model": key[0], "alias": key[1], "version": desired.routes[key], "reason": reason})
+        self._held_logged = set(desired.held)
+        return Held(planned, {k: (desired.routes[k], r) for k, r in desired.held.items()}, unserved)
+
+    def _publish_held(self, held: Held) -> None:
+        gauge = self.metrics.route_blocked
+        gauge.clear()
+        for (model, alias), (version, _) in held.wanted.items():
+            gauge.labels(model, alias, str(version)).set(1)
 
     def _log_switch(self, route_key: RouteKey, before: int | None, after: int) -> None:
         model, alias = route_key
@@ -245,6 +275,7 @@ class Reconciler:
             if seen is not None:
                 self.metrics.switch_duration.observe(time.monotonic() - seen[1])
             log.info("route switched", extra={"model": model, "alias": alias, "from_version": before, "version": after})
+            audit.record("autoserve.switch", model=model, alias=alias, from_version=before, to_version=after)
         else:
             log.info("route ready", extra={"model": model, "alias": alias, "version": after})
 
@@ -401,16 +432,23 @@ class Reconciler:
             save_rollout(client, moved)
             desired.rollouts[(model, alias)] = moved
             log.info(f"rollout: {reason}", extra={"model": model, "alias": alias, "version": rollout.candidate})
+            audit.record("rollout.step", "passed", model=model, alias=alias, to_version=rollout.candidate, reason=reason)
             return None
         if verdict == "promote":
-            set_alias(model, alias, rollout.candidate, reason=f"rollout: {reason}")
-            ended = replace(rollout, state=PASSED, reason=reason)
-        else:
+            try:  # on behalf of whoever started it (the policy allowed that); the version is checked again
+                set_alias(model, alias, rollout.candidate, reason=f"rollout: {reason}",
+                          authorized=Decision(rollout.started_by or "autoserve", (), "alias.set", environment()))
+                ended = replace(rollout, state=PASSED, reason=reason)
+            except PolicyRefusal as exc:  # blocked (or approval withdrawn) during the rollout
+                verdict, reason = "fail", f"the gate passed but the alias move was refused: {exc}"
+        if verdict == "fail":
             ended = replace(rollout, state=FAILED, reason=reason)
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             client.set_model_version_tag(model, str(rollout.candidate), ROLLOUT_RESULT_TAG,
                                          fit(f"{stamp} {reason}", MODEL_VERSION_TAG_MAX))
         save_rollout(client, ended)
+        audit.record("rollout.end", ended.state, model=model, alias=alias, from_version=rollout.baseline,
+                     to_version=rollout.candidate, reason=ended.reason)
         log.info(f"rollout ended: {ended}", extra={"model": model, "alias": alias, "version": rollout.candidate,
                                                    "result": ended.state})
         return ended
@@ -467,6 +505,7 @@ class Reconciler:
             if error is None:
                 self.metrics.deploy_total.labels(key.model, aliases, "success").inc()
                 log.info("deployment ready", extra={**_fields(key), "replica": replica, "aliases": aliases})
+                audit.record("autoserve.deploy", model=key.model, version=key.version, replica=replica, aliases=aliases)
                 cleared = self._failures.pop(key, None)
                 if cleared is not None and cleared.tagged:
                     self._tag_version(key, None)
@@ -478,6 +517,9 @@ class Reconciler:
                     extra={**_fields(key), "replica": replica, "aliases": aliases, "error": failure.error,
                            "attempt": failure.attempts, "retry_in_s": round(failure.retry_at - time.monotonic(), 1)},
                 )
+                if failure.attempts == 1:  # the first failure of a version, not every retry
+                    audit.record("autoserve.deploy", "failed", model=key.model, version=key.version, replica=replica,
+                                 reason=failure.error)
                 if not failure.tagged:
                     self._failures[key] = Failure(failure.error, failure.attempts, failure.retry_at,
                                                   tagged=self._tag_version(key, failure.error))
@@ -514,6 +556,21 @@ class Reconciler:
         for route in routes.values():
             version = route.version if route.version is not None else route.desired_version
             gauge.labels(route.model, route.alias, str(version), str(route.state)).set(1)
+
+
+@dataclass(frozen=True)
+class Held:
+    """Routes prod holds back: what the planner routes instead, and what is published."""
+
+    planned: dict[RouteKey, int]  # desired routes with held ones on the version that serves
+    wanted: dict[RouteKey, tuple[int, str]]  # held route -> (the version wanted, why it may not serve)
+    unserved: dict[RouteKey, Route]  # held routes with nothing serving: published as blocked, no replicas
+
+    def shown(self, key: RouteKey, route: Route) -> Route:
+        if key not in self.wanted:
+            return route
+        version, reason = self.wanted[key]
+        return replace(route, desired_version=version, state=RouteState.BLOCKED, last_error=reason)
 
 
 def _replicas(route: Route) -> tuple[Replica, ...]:

@@ -56,6 +56,7 @@ class AutoserveSettings:
     leave_running: bool = False  # on exit, keep deployments for the next watcher to adopt
     docker: DockerSettings = field(default_factory=DockerSettings)
     targets_file: Path | None = None  # Prometheus file_sd JSON of every serving endpoint's /ping
+    environment: str = "dev"  # MLOPS_ENVIRONMENT; in prod only approved, unblocked versions are routed
 
     def wants(self, model: str, alias: str) -> bool:
         return (not self.aliases or alias in self.aliases) and (not self.models or model in self.models)
