@@ -206,10 +206,12 @@ def test_the_acting_user_is_the_one_mlflow_authenticates(tmp_path, iris_data, mo
                                extra_args=["--app-name", "basic-auth"]).start()
     try:
         admin = "Basic " + b64encode(f"admin:{admin_password}".encode()).decode()
-        request = urllib.request.Request(f"{server.uri}/api/2.0/mlflow/users/create", method="POST",
-                                         data=json.dumps({"username": "carol", "password": "carol-pass-1234"}).encode(),
-                                         headers={"Authorization": admin, "Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=10).read()
+        for user in ("carol", "dave"):  # two users of the server: carol an approver in the policy, dave nobody
+            request = urllib.request.Request(
+                f"{server.uri}/api/2.0/mlflow/users/create", method="POST",
+                data=json.dumps({"username": user, "password": f"{user}-pass-1234"}).encode(),
+                headers={"Authorization": admin, "Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=10).read()
         policy = tmp_path / "policy.yaml"
         policy.write_text(POLICY.replace("bob:", "carol:"))
         env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_TRACKING_USERNAME": "carol",
@@ -232,6 +234,10 @@ def test_the_acting_user_is_the_one_mlflow_authenticates(tmp_path, iris_data, mo
         history = subprocess.run([*mlops, "alias", "history", "Production", "-m", "authmodel"], env=env,
                                  capture_output=True, text=True, timeout=60)
         assert history.stdout.splitlines()[-1].split()[4] == "carol", history.stdout
+        dave = {**env, "MLFLOW_TRACKING_USERNAME": "dave", "MLFLOW_TRACKING_PASSWORD": "dave-pass-1234"}
+        refused = subprocess.run([*mlops, "alias", "delete", "Production", "-m", "authmodel"], env=dave,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 3 and "refused: dave (roles: none) may not alias.delete in prod" in refused.stderr
         wrong = subprocess.run([*mlops, "alias", "delete", "Production", "-m", "authmodel"], capture_output=True,
                                text=True, timeout=60, env={**env, "MLFLOW_TRACKING_PASSWORD": "wrong"})
         assert wrong.returncode != 0 and "Traceback" not in wrong.stderr, wrong.stderr
