@@ -30,8 +30,9 @@ def test_autoserve_pointed_at_something_that_is_not_mlflow(mlops_script):
     assert_one_line_error(result.stderr, uri, "is it an MLflow tracking server?")
 
 
-def test_autoserve_starts_while_the_tracking_server_is_down(tmp_path):
-    """An outage at start: the gateway comes up on the last table and the watcher retries."""
+def test_autoserve_starts_while_the_tracking_server_is_down(tmp_path, mlops_script):
+    """An outage at start: the gateway comes up on the last table and the watcher retries.
+    A second watcher on the same state dir is refused: they would fight over deployments."""
     from tests.harness import Watcher, http_json
 
     uri = f"http://127.0.0.1:{free_port()}"
@@ -40,6 +41,11 @@ def test_autoserve_starts_while_the_tracking_server_is_down(tmp_path):
         assert http_json("GET", watcher.url + "/health")[0] == 200
         assert http_json("GET", watcher.admin_url + "/endpoints")[2] == []
         assert "serving the last published routes and retrying" in watcher.log_tail()
+        second = mlops_script("autoserve", "--tracking-uri", uri, "--state-dir", str(tmp_path / "state"),
+                              "--port", str(free_port()), "--admin-port", str(free_port()),
+                              "--watcher-port", str(free_port()), "--no-gateway")
+        assert second.returncode == 2
+        assert_one_line_error(second.stderr, f"another watcher (pid {watcher.process.pid}) uses the state dir")
     finally:
         assert watcher.stop() == 0
     assert watcher.gateway_pid() is None  # SIGTERM stopped the gateway it started

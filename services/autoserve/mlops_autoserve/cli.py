@@ -148,6 +148,7 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
     """
     from mlops_autoserve import service, webhook
     from mlops_autoserve.gateway_process import GatewayProcess
+    from mlops_autoserve.statelock import StateLock
     from mlops_toolkit.connection import ensure_reachable
 
     if targets_file is not None:
@@ -156,6 +157,7 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
     if watcher_port in (port, gateway_options["admin_port"]) and not no_gateway:
         raise ValidationError(f"--watcher-port {watcher_port} is also a gateway port; pick another")
     gateway_settings = _gateway_settings(state_dir, **gateway_options)
+    lock = StateLock(state_dir).acquire()  # first: a second watcher on this state dir stops here, in one line
     gateway_process = None if no_gateway else GatewayProcess(gateway_settings, gateway_options["auth_token_file"])
     tracking_uri = config.settings().tracking_uri
     try:
@@ -183,7 +185,7 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         except Exception as exc:
             raise MlopsError(f"could not register the webhook at {tracking_uri}: {exc}") from None
         click.echo(f"webhook {webhook_id} -> {url}", err=True)
-    service.run(settings, gateway_process)
+    service.run(settings, gateway_process, lock)
 
 
 def _check_writable(path: Path) -> None:

@@ -19,21 +19,27 @@ from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.reconciler import Reconciler
 from mlops_autoserve.runtime import create_runtime
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.statelock import StateLock
 from mlops_toolkit.jsonlog import configure_json_logging
 
 log = logging.getLogger("autoserve")
 
 
-def run(settings: AutoserveSettings, gateway: GatewayProcess | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then stop every deployment (unless leave_running)."""
+def run(settings: AutoserveSettings, gateway: GatewayProcess | None = None, lock: StateLock | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop every deployment (unless leave_running).
+    ``lock``: the state dir's lock when the caller took it already (else taken here)."""
+    lock = lock or StateLock(settings.state_dir).acquire()  # one watcher per state dir
     configure_json_logging(service="autoserve")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # A registry outage must cost one quick failed cycle, not minutes of client retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     metrics = AutoserveMetrics()
-    reconciler = Reconciler(settings, create_runtime(settings), metrics)
-    asyncio.run(_serve(settings, reconciler, metrics, gateway))
+    try:
+        reconciler = Reconciler(settings, create_runtime(settings), metrics)
+        asyncio.run(_serve(settings, reconciler, metrics, gateway))
+    finally:
+        lock.release()
 
 
 async def _serve(settings: AutoserveSettings, reconciler: Reconciler, metrics: AutoserveMetrics,
