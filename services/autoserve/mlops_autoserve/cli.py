@@ -111,6 +111,10 @@ def gateway(state_dir, **options) -> None:
 @click.option("--docker-publish", is_flag=True, help="Also publish each container's port on 127.0.0.1.")
 @click.option("--container-tracking-uri", metavar="URI", help="Tracking URI as containers see it (default: --tracking-uri).")
 @click.option("--instance", metavar="NAME", help="Owner label for containers (default: derived from --state-dir).")
+@click.option("--docker-memory", default=_D.memory, show_default=True, metavar="SIZE",
+              help="Memory limit of each serving container (e.g. 512m, 2g).")
+@click.option("--docker-cpus", type=click.FloatRange(min=0.01), default=_D.cpus, show_default=True,
+              help="CPU limit of each serving container.")
 @_gateway_options
 @click.option("--watcher-port", type=click.IntRange(1, 65535), default=_A.control_port, show_default=True,
               help="The watcher's own /health, /metrics and /webhooks/mlflow (on --host).")
@@ -138,7 +142,7 @@ def gateway(state_dir, **options) -> None:
               help="$MLOPS_ENVIRONMENT. In prod an alias is routed only to an approved, unblocked version; "
                    "otherwise it keeps what it served (state 'blocked').")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
-              container_tracking_uri, instance, watcher_port, no_gateway, gateway_admin_url, port_range, workers,
+              container_tracking_uri, instance, docker_memory, docker_cpus, watcher_port, no_gateway, gateway_admin_url, port_range, workers,
               replicas, min_ready, env_manager, ready_timeout, no_smoke_test, webhook_secret, register_webhook,
               webhook_url, state_dir, targets_file, leave_running, environment, **gateway_options) -> None:
     """Serve every registry alias with `mlflow models serve` and follow alias moves.
@@ -175,7 +179,8 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
         docker=DockerSettings(image=docker_image, network=docker_network, publish=docker_publish,
-                              container_tracking_uri=container_tracking_uri, instance=instance),
+                              container_tracking_uri=container_tracking_uri, instance=instance,
+                              memory=docker_memory, cpus=docker_cpus),
         targets_file=targets_file, environment=environment,
     )
     if register_webhook:

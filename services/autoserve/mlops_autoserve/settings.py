@@ -19,6 +19,8 @@ class DockerSettings:
     publish: bool = False  # also publish each container's port on 127.0.0.1
     container_tracking_uri: str | None = None  # tracking URI as seen from inside containers
     instance: str | None = None  # owner label of the containers (default: from state_dir)
+    memory: str = "2g"  # per serving container (docker's mem_limit); a runaway model cannot starve the host
+    cpus: float = 1.0  # per serving container
 
 
 @dataclass(frozen=True)

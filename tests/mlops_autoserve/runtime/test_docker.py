@@ -71,6 +71,11 @@ def test_first_deploy_runs_a_labelled_container(watcher, served_model, docker_cl
     assert container.labels["mlops.aliases"] == "dockerprod"
     assert container.attrs["HostConfig"]["Init"] is True
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    host = container.attrs["HostConfig"]
+    assert container.attrs["Config"]["User"] == "10001"  # the image's unprivileged user
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert (host["Memory"], host["NanoCpus"]) == (2 * 1024**3, 10**9)
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
     assert container.name.startswith("mlops-serve-") and " " not in container.name  # model name has a space
 
 
@@ -99,7 +104,8 @@ def test_missing_image_is_contained(docker_client, tracking_uri, served_model, t
         mt.set_alias(model, "dockermissing", v1)
         endpoint = wait_for(lambda: (e := other.endpoints().get("dockermissing")) and e["state"] == "failed" and e,
                             30, what="failed state")
-        assert "could not start" in endpoint["last_error"] and "no-such-image" in endpoint["last_error"]
+        assert "could not start" in endpoint["last_error"] and "no-such-image:0 is not on this Docker host" \
+            in endpoint["last_error"]  # never pulled from a registry
         assert other.invoke(model, "dockermissing")[0] == 503
     finally:
         assert other.stop() == 0

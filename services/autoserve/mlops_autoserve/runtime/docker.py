@@ -2,7 +2,10 @@
 
 Containers are found by label only (``mlops.autoserve=true`` plus this watcher's instance
 label), never by name patterns. They start with ``init=True`` (PID 1 forwards SIGTERM: stop
-takes 0.2 s, not 10) and restart policy ``unless-stopped`` (they survive a daemon restart).
+takes 0.2 s, not 10) and restart policy ``unless-stopped`` (they survive a daemon restart),
+as the image's non-root user, with ``no-new-privileges``, memory and CPU limits and rotated
+logs. The image must already be on the Docker host: it is never pulled (an unqualified name
+would silently come from a public registry).
 
 Networking: ``host`` (the container serves on a loopback port from the range: what tests
 and a host-run watcher use), or a named network where the gateway reaches the container as
@@ -25,6 +28,7 @@ LABEL = "mlops.autoserve"
 ARTIFACT_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                 "MLFLOW_S3_IGNORE_TLS")
 CONTAINER_PORT = 8080
+LOG_ROTATION = {"max-size": "10m", "max-file": "3"}  # json-file logs: at most 30 MB per container
 STOP_TIMEOUT = 10
 
 
@@ -68,6 +72,7 @@ class DockerRuntime:
             options = {"network_mode": "host"} if self.host_network else {"network": self.settings.docker.network}
             if self.settings.docker.publish and not self.host_network:
                 options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", port)}
+            self._require_local_image()
             container = self.client.containers.run(
                 self.settings.docker.image,
                 ["mlflow", "models", "serve", "-m", f"models:/{key.model}/{key.version}",
@@ -77,6 +82,10 @@ class DockerRuntime:
                 detach=True,
                 init=True,
                 restart_policy={"Name": "unless-stopped"},
+                security_opt=["no-new-privileges:true"],
+                mem_limit=self.settings.docker.memory,
+                nano_cpus=int(self.settings.docker.cpus * 1e9),
+                log_config=self.docker.types.LogConfig(type="json-file", config=LOG_ROTATION),
                 environment={
                     "MLFLOW_TRACKING_URI": self.settings.docker.container_tracking_uri or self.settings.tracking_uri,
                     **{name: os.environ[name] for name in ARTIFACT_ENV if os.environ.get(name)},
@@ -123,6 +132,14 @@ class DockerRuntime:
             pass
 
     # -- helpers -------------------------------------------------------------------------
+    def _require_local_image(self) -> None:
+        image = self.settings.docker.image
+        try:
+            self.client.images.get(image)
+        except self.docker.errors.ImageNotFound:
+            raise RuntimeError(f"serving image {image} is not on this Docker host: build it (make images); "
+                               "autoserve never pulls it from a registry") from None
+
     def _deployment(self, container) -> Deployment:
         labels = container.labels
         port = int(labels.get("mlops.port") or 0)
