@@ -1,4 +1,4 @@
-"""The ``mlops`` command line: aliases, models, promotion and health checks.
+"""The ``mlops`` command line: aliases, models, promotion, team projects and health checks.
 
 Shaped like MLflow's own click CLI: one root group with global options, a sub-group per
 noun. Every toolkit error becomes one line on stderr with exit code 2 for bad input or
@@ -23,6 +23,7 @@ from mlops_toolkit.cli.demo import demo
 from mlops_toolkit.cli.doctor import doctor
 from mlops_toolkit.cli.govern import approve, audit_group, block, unblock, whoami
 from mlops_toolkit.cli.models import models
+from mlops_toolkit.cli.project import project
 from mlops_toolkit.cli.promote import promote
 from mlops_toolkit.cli.rollout import rollout
 from mlops_toolkit.cli.shadow import shadow
@@ -111,5 +112,5 @@ main.add_command(demo)
 main.add_command(bootstrap)
 main.add_command(shadow)
 main.add_command(rollout)
-for _command in (approve, block, unblock, whoami, audit_group):
+for _command in (approve, block, unblock, whoami, audit_group, project):
     main.add_command(_command)
