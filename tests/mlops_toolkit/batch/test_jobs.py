@@ -109,3 +109,21 @@ def test_scoring_an_empty_day_is_a_clear_error(engine, make_model):
     mt.set_alias(model, "Production", 1)
     with pytest.raises(mt.ValidationError, match="no input rows for 1999-01-01: run dag_data_load"):
         jobs.score_batch(engine, dt.date(1999, 1, 1), model)
+
+
+def test_prod_scores_only_an_approved_unblocked_version(engine, make_model, monkeypatch):
+    """The governance check comes before the model is loaded: nothing is written for a
+    version prod may not use (the versions here have no model files at all)."""
+    from mlops_toolkit import approvals
+    from mlops_toolkit.governance import PolicyRefusal
+
+    jobs.load_batch(engine, DAY)
+    model = make_model(versions=2)
+    mt.set_alias(model, "Production", 1)
+    approvals.block(model, 2, "labels leaked")
+    monkeypatch.setenv("MLOPS_ENVIRONMENT", "prod")
+    with pytest.raises(PolicyRefusal, match=f"refused: {model} v1 is not approved for prod"):
+        jobs.score_batch(engine, DAY, model)
+    with pytest.raises(PolicyRefusal, match=f"refused: {model} v2 is blocked in prod"):
+        jobs.score_batch(engine, DAY, model, version=2)
+    assert appdb.count_rows(engine, appdb.predictions, model_name=model) == 0
