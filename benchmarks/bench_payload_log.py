@@ -28,8 +28,8 @@ import mlops_toolkit as mt
 from benchmarks.support import (
     ServingStack,
     closed_loop,
-    percentile,
     print_table,
+    side_by_side,
     write_json,
 )
 from mlops_toolkit.ops.processes import free_port, terminate
@@ -104,17 +104,7 @@ def main() -> None:
         engine.dispose()
         drop()
     sent = sum(len(cells[(c, "payload log 100%")][0]) for c in levels)
-    table, results = [], []
-    for c in levels:
-        base = cells[(c, "no payload log")]
-        for name in urls:
-            latencies, errors = cells[(c, name)]
-            p50 = percentile(latencies, 50) * 1000
-            results.append({"concurrency": c, "mode": name, "rps": len(latencies) / args.seconds, "p50_ms": p50,
-                            "p99_ms": percentile(latencies, 99) * 1000, "errors": errors})
-            table.append([c, name, f"{len(latencies) / args.seconds:.0f}", f"{p50:.2f}",
-                          f"{p50 - percentile(base[0], 50) * 1000:+.2f}", f"{percentile(latencies, 99) * 1000:.2f}",
-                          errors])
+    table, results = side_by_side(cells, levels, list(urls), args.seconds)
     print(f"\nCallers of Production through a gateway without and with a 100% payload log, {args.seconds:.0f} s "
           f"per cell in {args.rounds} turns; rows by result: {counts}; rows in the table: {rows} "
           f"(answered through the logging gateway, warm-ups included: >= {sent})")

@@ -22,8 +22,8 @@ import mlops_toolkit as mt
 from benchmarks.support import (
     ServingStack,
     closed_loop,
-    percentile,
     print_table,
+    side_by_side,
     write_json,
 )
 from tests.harness import IRIS_SPLIT, Watcher, wait_for
@@ -78,17 +78,7 @@ def main() -> None:
             copies = shadow_counts(watcher)
         finally:
             watcher.stop()
-    rows, results = [], []
-    for c in levels:
-        base = cells[(c, "no shadow")]
-        for name in ("no shadow", "shadow 100%"):
-            latencies, errors = cells[(c, name)]
-            p50 = percentile(latencies, 50) * 1000
-            results.append({"concurrency": c, "mode": name, "rps": len(latencies) / args.seconds, "p50_ms": p50,
-                            "p99_ms": percentile(latencies, 99) * 1000, "errors": errors})
-            rows.append([c, name, f"{len(latencies) / args.seconds:.0f}", f"{p50:.2f}",
-                         f"{p50 - percentile(base[0], 50) * 1000:+.2f}", f"{percentile(latencies, 99) * 1000:.2f}",
-                         errors])
+    rows, results = side_by_side(cells, levels, ["no shadow", "shadow 100%"], args.seconds)
     print(f"\nCallers of Production with and without a 100% shadow, {args.seconds:.0f} s per cell in "
           f"{args.rounds} turns; shadow copies by result: {copies}")
     print_table(["conc", "mode", "rps", "p50 ms", "added p50", "p99 ms", "caller errors"], rows)

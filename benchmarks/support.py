@@ -104,3 +104,21 @@ async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, errors
+
+
+def side_by_side(cells: dict[tuple[int, str], tuple[list[float], int]], levels: list[int], modes: list[str],
+                 seconds: float) -> tuple[list[list], list[dict]]:
+    """Table rows and JSON results of closed-loop cells run in turns: each mode's throughput,
+    p50 (and its difference from the first mode, the baseline), p99 and caller errors."""
+    rows, results = [], []
+    for c in levels:
+        base = percentile(cells[(c, modes[0])][0], 50) * 1000
+        for name in modes:
+            latencies, errors = cells[(c, name)]
+            p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+            results.append({"concurrency": c, "mode": name, "rps": len(latencies) / seconds, "p50_ms": p50,
+                            "p99_ms": p99, "errors": errors})
+            rows.append([c, name, f"{len(latencies) / seconds:.0f}", f"{p50:.2f}", f"{p50 - base:+.2f}",
+                         f"{p99:.2f}", errors])
+    return rows, results
+

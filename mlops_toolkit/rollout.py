@@ -198,20 +198,23 @@ def _checks(rollout: Rollout, figures: StepFigures) -> list[_Check]:
     if rollout.min_agreement is not None:
         n = figures.labels_compared
         agreement = figures.labels_agreed / n if n else 0.0
-        checks.append(_Check(
-            f"agreement {agreement:.2%} of {n} values",
-            f"agreement {agreement:.2%} < {rollout.min_agreement:.2%} ({n} values)"
-            if n >= MIN_REQUESTS and agreement < rollout.min_agreement else None,
-            None if n >= MIN_REQUESTS else f"only {n} labels compared with v{rollout.baseline} for the agreement gate"))
+        checks.append(_compared(n, "labels", "agreement", rollout.baseline, f"agreement {agreement:.2%} of {n} values",
+                                f"agreement {agreement:.2%} < {rollout.min_agreement:.2%} ({n} values)"
+                                if agreement < rollout.min_agreement else None))
     if rollout.max_mean_abs_diff is not None:
         n = figures.numbers_compared
         mean = figures.abs_diff_sum / n if n else 0.0
-        checks.append(_Check(
-            f"mean abs diff {mean:.4g} over {n} values",
-            f"mean abs diff {mean:.4g} > {rollout.max_mean_abs_diff:g} ({n} values)"
-            if n >= MIN_REQUESTS and mean > rollout.max_mean_abs_diff else None,
-            None if n >= MIN_REQUESTS else f"only {n} numbers compared with v{rollout.baseline} for the difference gate"))
+        checks.append(_compared(n, "numbers", "difference", rollout.baseline, f"mean abs diff {mean:.4g} over {n} values",
+                                f"mean abs diff {mean:.4g} > {rollout.max_mean_abs_diff:g} ({n} values)"
+                                if mean > rollout.max_mean_abs_diff else None))
     return checks
+
+
+def _compared(n: int, noun: str, gate: str, baseline: int, measured: str, failure: str | None) -> _Check:
+    """A comparison gate's check: judged once MIN_REQUESTS values were compared, else starved."""
+    if n < MIN_REQUESTS:
+        return _Check(measured, None, f"only {n} {noun} compared with v{baseline} for the {gate} gate")
+    return _Check(measured, failure)
 
 
 def save(client, rollout: Rollout) -> None:
