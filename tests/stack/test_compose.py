@@ -21,11 +21,11 @@ from tests.conftest import PG_DSN, need, repo_root
 
 ROOT = repo_root()
 STACK = {
-    "postgres", "postgres-init", "minio", "minio-init", "mlflow", "airflow-init", "airflow-apiserver",
+    "preflight", "postgres", "postgres-init", "minio", "minio-init", "mlflow", "airflow-init", "airflow-apiserver",
     "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "mlflow-autoserve", "autoserve-gateway", "serving-image",
     "prometheus", "pushgateway", "blackbox-exporter", "grafana", "loki", "promtail", "demo-bootstrap",
 }
-ONE_SHOT = {"postgres-init", "minio-init", "airflow-init", "serving-image", "demo-bootstrap"}
+ONE_SHOT = {"preflight", "postgres-init", "minio-init", "airflow-init", "serving-image", "demo-bootstrap"}
 # Keys whose values hold a secret (a *_FILE key holds a path, not the secret itself).
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|_KEY|SQL_ALCHEMY_CONN|APP_DB_URL)(?!.*_FILE$)")
 
@@ -56,6 +56,7 @@ def test_start_order_waits_on_health_checks_and_init_jobs(config):
     def waits(service: str) -> dict[str, str]:
         return {name: dep["condition"] for name, dep in services[service].get("depends_on", {}).items()}
 
+    assert waits("postgres") == waits("minio") == {"preflight": "service_completed_successfully"}
     assert waits("postgres-init") == {"postgres": "service_healthy"}
     assert waits("minio-init") == {"minio": "service_healthy"}
     assert waits("mlflow") == {"postgres-init": "service_completed_successfully",
@@ -208,3 +209,52 @@ def test_airflow_settings_are_the_ones_the_real_airflow_test_runs_with(config, t
     for name in ("airflow-init", "airflow-apiserver", "airflow-dag-processor", "airflow-triggerer"):
         service_env = config["services"][name]["environment"]
         assert {k: service_env[k] for k in airflow_keys} == {k: compose_env[k] for k in airflow_keys}, name
+
+
+PREFLIGHT = ROOT / "services" / "preflight" / "check-secrets.sh"
+SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_WEBHOOK_ENCRYPTION_KEY", "AUTOSERVE_WEBHOOK_SECRET",
+           "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY",
+           "GRAFANA_ADMIN_PASSWORD")
+
+
+def _preflight(values: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(PREFLIGHT)], capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], **values})
+
+
+def _example_env() -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in (ROOT / "env.dev.example").read_text().splitlines()
+             if "=" in line and not line.lstrip().startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def test_the_stack_refuses_to_start_with_the_example_secrets_in_one_line(config):
+    """The preflight job, the real script with bash, on env.dev.example's own values: every
+    placeholder is named (the base64 Fernet placeholders too); the compose job passes it
+    exactly the secrets it checks."""
+    assert set(config["services"]["preflight"]["environment"]) == set(SECRETS)
+    example = _example_env()
+    assert len({example[name] for name in SECRETS}) == len(SECRETS)  # the example itself: one value per use
+    refused = _preflight({name: example[name] for name in SECRETS})
+    assert refused.returncode == 1 and refused.stdout == ""
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refusing to start the stack: ")
+    assert all(f"{name} still holds a change-me placeholder" in lines[0] for name in SECRETS), lines[0]
+
+
+def test_the_stack_starts_with_real_distinct_secrets_and_refuses_a_shared_one():
+    from cryptography.fernet import Fernet
+
+    real = {name: f"{name.lower()}-{uuid.uuid4().hex}" for name in SECRETS}
+    real["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
+    real["MLFLOW_WEBHOOK_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+    ok = _preflight(real)
+    assert ok.returncode == 0 and ok.stdout.startswith("secrets checked: 9 set, distinct"), ok.stderr
+    shared = _preflight({**real, "AIRFLOW_API_SECRET_KEY": real["AIRFLOW_JWT_SECRET"]})
+    assert shared.returncode == 1
+    assert "AIRFLOW_JWT_SECRET and AIRFLOW_API_SECRET_KEY hold the same value" in shared.stderr
+    bad_key = _preflight({**real, "AIRFLOW_FERNET_KEY": "not-a-key"})
+    assert bad_key.returncode == 1 and "AIRFLOW_FERNET_KEY is not a Fernet key" in bad_key.stderr
+    empty = _preflight({k: v for k, v in real.items() if k != "GRAFANA_ADMIN_PASSWORD"})
+    assert empty.returncode == 1 and "GRAFANA_ADMIN_PASSWORD is empty" in empty.stderr
+
