@@ -258,3 +258,15 @@ def test_the_stack_starts_with_real_distinct_secrets_and_refuses_a_shared_one():
     empty = _preflight({k: v for k, v in real.items() if k != "GRAFANA_ADMIN_PASSWORD"})
     assert empty.returncode == 1 and "GRAFANA_ADMIN_PASSWORD is empty" in empty.stderr
 
+
+
+def test_no_secret_on_a_command_line(config):
+    """`ps` shows every process's arguments to anyone on the host: secrets go in the
+    environment (MLflow reads its store URI from MLFLOW_BACKEND_STORE_URI)."""
+    example = _example_env()
+    secrets = {example[name] for name in SECRETS}
+    for name, service in config["services"].items():
+        argv = [str(a) for a in (service.get("command") or []) + (service.get("entrypoint") or [])]
+        leaked = [a for a in argv if any(secret in a for secret in secrets)]
+        assert leaked == [], f"{name}: {leaked}"
+    assert "postgresql+psycopg://" in config["services"]["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
