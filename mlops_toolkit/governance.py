@@ -163,24 +163,29 @@ class Decision:
     environment: str
 
 
-def require(action: str, policy: Policy | None = None, **context: object) -> Decision:
-    """Allow ``action`` for the acting user in this environment, or raise PolicyRefusal (and
-    audit the refusal with ``context``: model, alias, version...)."""
+def require(action: str, policy: Policy | None = None, *, in_environment: str | None = None,
+            audit_as: str | None = None, **context: object) -> Decision:
+    """Allow ``action`` for the acting user, or raise PolicyRefusal (and audit the refusal as
+    ``audit_as`` or the action, with ``context``: model, alias, version...).
+
+    ``in_environment``: the environment the action targets when it is not the one the
+    command runs in (a project deploy names it); default MLOPS_ENVIRONMENT.
+    """
+    from mlops_toolkit import (
+        audit,  # a refusal is an event too (audit imports this module)
+    )
+
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")  # a bug, not user input
     policy = policy or load_policy()
-    user, env = acting_user(), environment()
+    user, env = acting_user(), in_environment or environment()
     roles = policy.roles(user)
     allowed = policy.allowed_roles(action, env)
     decision = Decision(user, roles, action, env)
     if allowed is not None and not set(roles) & set(allowed):
         message = (f"refused: {user} (roles: {', '.join(roles) or 'none'}) may not {action} in {env}; "
                    f"allowed roles: {', '.join(allowed) or 'none'} ({policy.source})")
-        from mlops_toolkit import (
-            audit,  # a refusal is an event too (audit imports this module)
-        )
-
-        audit.record(action, "refused", decision=decision, reason=message, **context)
+        audit.record(audit_as or action, "refused", decision=decision, reason=message, **context)
         raise PolicyRefusal(message)
     return decision
 

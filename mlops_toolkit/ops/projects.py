@@ -336,19 +336,9 @@ def exception_line(text: str) -> str:
 # --- policy -----------------------------------------------------------------------------
 
 def authorize(event: str, env: str, **context: object) -> governance.Decision:
-    """``governance.require("project.deploy")`` for the target environment (a deploy names it;
-    MLOPS_ENVIRONMENT is where the command runs). A refusal is audited as ``event``."""
-    policy = governance.load_policy()
-    user = governance.acting_user()
-    roles = policy.roles(user)
-    allowed = policy.allowed_roles(POLICY_ACTION, env)
-    decision = governance.Decision(user, roles, POLICY_ACTION, env)
-    if allowed is not None and not set(roles) & set(allowed):
-        message = (f"refused: {user} (roles: {', '.join(roles) or 'none'}) may not {POLICY_ACTION} in {env}; "
-                   f"allowed roles: {', '.join(allowed) or 'none'} ({policy.source})")
-        audit.record(event, "refused", decision=decision, reason=message, env=env, **context)
-        raise governance.PolicyRefusal(message)
-    return decision
+    """``project.deploy`` for the target environment (a deploy names it; MLOPS_ENVIRONMENT is
+    where the command runs). A refusal is audited as ``event``."""
+    return governance.require(POLICY_ACTION, in_environment=env, audit_as=event, env=env, **context)
 
 
 # --- publishing -------------------------------------------------------------------------
