@@ -44,7 +44,7 @@ class FakeRuntime:
     def list(self) -> list[Deployment]:
         return list(self.running.values())
 
-    def start(self, key, aliases=(), replica=0) -> Deployment:
+    def start(self, key, aliases=(), replica=0, env=None) -> Deployment:
         self.started.append((key, replica))
         return self.add(f"new-{key.version}-{replica}", key.version, Health.STARTING, replica, key.model)
 

@@ -127,7 +127,18 @@ def gateway(state_dir, **options) -> None:
               help="Replicas per served version (a model's tag mlops.autoserve.replicas overrides).")
 @click.option("--min-ready", type=click.IntRange(min=1), metavar="N",
               help="Replicas that must answer before a route moves to a new version (default: all).")
-@click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv", "conda"]), default=_A.env_manager, show_default=True)
+@click.option("--env-manager", type=click.Choice(["auto", "local", "uv"]), default=_A.env_manager, show_default=True,
+              help="auto: serve from this environment (the image's, with Docker) when it satisfies the version's "
+                   "requirements.txt, else from one built from them with uv, once, and cached; local: always "
+                   "this environment; uv: always a built one.")
+@click.option("--env-cache", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Built environments (process runtime) and their use records (default: STATE_DIR/envs).")
+@click.option("--env-build-timeout", type=click.FloatRange(min=1), default=_A.env_build_timeout, show_default=True,
+              help="Seconds one environment build may take before the deploy fails.")
+@click.option("--env-max-idle-days", type=click.FloatRange(min=0), default=_A.env_max_idle_days, show_default=True,
+              help="Built environments no deployment used this long are removed.")
+@click.option("--env-max-gb", type=click.FloatRange(min=0), default=_A.env_max_gb, show_default=True,
+              help="Past this size the least recently used environments not in use are removed.")
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=_A.ready_timeout, show_default=True)
 @click.option("--no-smoke-test", is_flag=True, help="Route on /ping alone, without posting the saved input example.")
 @click.option("--webhook-secret", envvar="MLOPS_WEBHOOK_SECRET", metavar="SECRET", help="Verify webhook signatures ($MLOPS_WEBHOOK_SECRET).")
@@ -143,7 +154,8 @@ def gateway(state_dir, **options) -> None:
                    "otherwise it keeps what it served (state 'blocked').")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
               container_tracking_uri, instance, docker_memory, docker_cpus, watcher_port, no_gateway, gateway_admin_url, port_range, workers,
-              replicas, min_ready, env_manager, ready_timeout, no_smoke_test, webhook_secret, register_webhook,
+              replicas, min_ready, env_manager, env_cache, env_build_timeout, env_max_idle_days, env_max_gb,
+              ready_timeout, no_smoke_test, webhook_secret, register_webhook,
               webhook_url, state_dir, targets_file, leave_running, environment, **gateway_options) -> None:
     """Serve every registry alias with `mlflow models serve` and follow alias moves.
 
@@ -175,7 +187,8 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         strategy=strategy, runtime=runtime, gateway_host=host, gateway_port=port,
         gateway_admin_url=gateway_admin_url or (gateway_process.admin_url if gateway_process else None),
         control_host=host, control_port=watcher_port, port_range=port_range,
-        workers=workers, replicas=replicas, min_ready=min_ready, env_manager=env_manager,
+        workers=workers, replicas=replicas, min_ready=min_ready, env_manager=env_manager, env_cache=env_cache,
+        env_build_timeout=env_build_timeout, env_max_idle_days=env_max_idle_days, env_max_gb=env_max_gb,
         ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
         docker=DockerSettings(image=docker_image, network=docker_network, publish=docker_publish,
@@ -234,7 +247,7 @@ def status(gateway: str, as_json: bool) -> None:
         return
     echo_table(
         ["MODEL", "ALIAS", "VERSION", "STATE", "REPLICAS", "URL", "SINCE", "LAST ERROR"],
-        [(e["model"], e["alias"], _v(e["version"]), e["state"] + _wanted(e),
+        [(e["model"], e["alias"], _v(e["version"]), e["state"] + _wanted(e) + _building(e),
           f"{e.get('ready_replicas', 0)}/{len(e.get('replicas', []))}", e["url"] or "-", e["since"],
           e["last_error"] or "") for e in endpoints],
         "nothing is being served",
@@ -243,6 +256,69 @@ def status(gateway: str, as_json: bool) -> None:
 
 def _v(version: int | None) -> str:
     return f"v{version}" if version is not None else "-"
+
+
+def _building(endpoint: dict) -> str:
+    build = endpoint.get("building")
+    if not build:
+        return ""
+    progress = f": {build['progress']}" if build.get("progress") else ""
+    return f" [v{build['version']} environment {build['env'][:8]} building {build['seconds']:.0f} s{progress}]"
+
+
+@serve.command("envs")
+@click.option("--watcher", envvar="MLOPS_WATCHER_URL", default="http://127.0.0.1:8002", show_default=True,
+              metavar="URL", help="The watcher's URL ($MLOPS_WATCHER_URL; its --watcher-port).")
+@json_option
+def envs(watcher: str, as_json: bool) -> None:
+    """Environments autoserve built for models the serving environment does not satisfy: size, last use, in use."""
+    url = watcher.rstrip("/") + "/envs"
+    try:
+        response = http.get(url, timeout=30)
+        data = response.json() if response.status == 200 else None
+    except http.Unreachable as exc:
+        raise MlopsError(f"cannot read {url}: {exc.reason}; is `mlops autoserve` running? "
+                         "Point --watcher (or $MLOPS_WATCHER_URL) at its --watcher-port") from None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("environments"), list):
+        raise MlopsError(f"{url} answered HTTP {response.status} without environments: "
+                         "is it an autoserve watcher (--watcher-port)?")
+    if as_json:
+        echo_json(data)
+        return
+    echo_table(
+        ["ENV", "SIZE", "BUILT IN", "LAST USED", "IN USE", "WHERE", "REQUIREMENTS"],
+        [(e["key"], _size(e["size_bytes"]), f"{e['build_seconds']:.1f} s", _ago(e["last_used"]),
+          "yes" if e["in_use"] else "no", e["location"], _requirements(e["requirements"]))
+         for e in sorted(data["environments"], key=lambda e: -e["last_used"])],
+        f"no environment built (--env-manager {data.get('env_manager', '?')}): every version served "
+        "from the serving environment",
+    )
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def _ago(when: float) -> str:
+    import time
+
+    seconds = max(0, time.time() - when)
+    for unit, span in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def _requirements(lines: list[str]) -> str:
+    shown = [line for line in lines if not line.startswith("mlflow")][:3]
+    more = len(lines) - 1 - len(shown) if any(line.startswith("mlflow") for line in lines) else len(lines) - len(shown)
+    return ", ".join(shown) + (f" (+{more})" if more > 0 else "")
 
 
 def _wanted(endpoint: dict) -> str:

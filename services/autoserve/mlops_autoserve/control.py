@@ -7,6 +7,7 @@ without a valid signature cannot make the watcher read or buffer anything.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ class ControlApi:
         app.add_routes([
             web.get("/health", self.health),
             web.get("/metrics", self.metrics_page),
+            web.get("/envs", self.envs_page),
             web.post("/webhooks/mlflow", self.webhook),
         ])
         return app
@@ -61,6 +63,16 @@ class ControlApi:
     async def metrics_page(self, request: web.Request) -> web.Response:
         payload = generate_latest(self.metrics.registry)
         return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def envs_page(self, request: web.Request) -> web.Response:
+        """Built environments: key, where, size, last use, in use (``mlops serve envs``)."""
+        environments = self.reconciler.environments
+        if environments is None:
+            return web.json_response({"env_manager": self.settings.env_manager, "environments": []})
+        in_use = {d.env for d in await asyncio.to_thread(self.reconciler.runtime.list) if d.env}
+        envs = await asyncio.to_thread(environments.list, in_use)
+        return web.json_response({"env_manager": self.settings.env_manager, "runtime": self.settings.runtime,
+                                  "environments": [e.to_dict() for e in envs]})
 
     async def webhook(self, request: web.Request) -> web.Response:
         length = request.content_length

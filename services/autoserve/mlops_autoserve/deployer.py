@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 from pathlib import Path
 
+from mlops_autoserve.environments import EnvBuildError, Environments
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit import http
+from mlops_toolkit.errors import one_line
 from mlops_toolkit.waiting import WaitTimeout, wait_until
 
 EXAMPLE_FILE = "serving_input_example.json"
@@ -19,15 +22,26 @@ class DeployError(Exception):
 
 
 class Deployer:
-    def __init__(self, settings: AutoserveSettings, runtime: Runtime, stopping: threading.Event) -> None:
+    def __init__(self, settings: AutoserveSettings, runtime: Runtime, stopping: threading.Event,
+                 environments: Environments | None = None) -> None:
         self.settings = settings
         self.runtime = runtime
         self.stopping = stopping
+        self.environments = environments
 
     def deploy(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0) -> Deployment:
-        """Start a replica of ``key``, wait for GET /ping 200, smoke-test /invocations; stop it on failure."""
+        """Build (or find) the version's environment, start a replica of ``key`` in it, wait for
+        GET /ping 200, smoke-test /invocations; stop it on failure."""
         try:
-            deployment = self.runtime.start(key, aliases, replica)
+            env = self.environments.prepare(key) if self.environments is not None else None
+        except EnvBuildError as exc:
+            raise DeployError(f"{key}: {exc}") from None
+        except Exception as exc:
+            raise DeployError(f"{key}: could not start: {one_line(exc)}") from None
+        if self.stopping.is_set():
+            raise DeployError(f"{key}: watcher is shutting down")
+        try:
+            deployment = self.runtime.start(key, aliases, replica, env)
         except Exception as exc:
             raise DeployError(f"{key}: could not start: {exc}") from exc
         try:
@@ -83,12 +97,19 @@ def input_example(tracking_uri: str, key: DeploymentKey) -> bytes | None:
         return Path(path).read_bytes()
 
 
-def _log_tail(deployment: Deployment, lines: int = 3) -> str:
+def _log_tail(deployment: Deployment, lines: int = 2) -> str:
+    """The serve process's last words, led by the Python exception it died of (the line that
+    says why: ``ModuleNotFoundError: No module named 'lightgbm'``), when there is one."""
     log = deployment.log_path
     if not log:
         return ""
     try:
-        tail = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()][-lines:]
+        output = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    return ": " + " | ".join(line.strip()[:200] for line in tail) if tail else ""
+    exceptions = [line for line in output if _EXCEPTION_LINE.match(line)]
+    picked = list(dict.fromkeys(exceptions[-1:] + output[-lines:]))
+    return ": " + " | ".join(line[:200] for line in picked) if picked else ""
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)(\[\w+\])?: ")

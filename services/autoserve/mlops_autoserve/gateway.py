@@ -468,6 +468,9 @@ class Gateway:
             "canary": None if route.canary is None else {
                 "version": route.canary.version, "percent": route.canary.percent,
                 "replicas": len(route.canary.replicas)},
+            "building": None if route.building is None else {
+                "version": route.building.version, "env": route.building.env, "progress": route.building.progress,
+                "seconds": round(max(0.0, time.time() - route.building.since), 1)},
             "shadow": None if route.shadow is None else {
                 "alias": route.shadow.alias, "version": route.shadow.version, "percent": route.shadow.percent,
                 "compare": route.shadow.compare, "replicas": len(route.shadow.replicas)},

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 SWITCH_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300)
+ENV_BUILD_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 
 class AutoserveMetrics:
@@ -58,6 +59,24 @@ class AutoserveMetrics:
         self.rollout_step_agreement = Gauge(
             "autoserve_rollout_step_agreement_ratio", "Share of the candidate's labels equal to the current version's "
             "in the step (rollouts with --min-agreement)", gate_labels, registry=r,
+        )
+        self.env_build_seconds = Histogram(
+            "autoserve_env_build_seconds", "Time to build a model's environment (uv), by result",
+            ["result"], registry=r, buckets=ENV_BUILD_BUCKETS,
+        )
+        self.env_resolve_total = Counter(
+            "autoserve_env_resolve", "Environment decisions of deploys: local (the serving environment "
+            "satisfies the model), hit (built before), built, failed", ["outcome"], registry=r,
+        )
+        self.env_builds_in_progress = Gauge(
+            "autoserve_env_builds_in_progress", "Environment builds running now", registry=r,
+        )
+        self.env_cache_bytes = Gauge(
+            "autoserve_env_cache_bytes", "Disk used by built environments (as last listed)", registry=r,
+        )
+        self.env_removed_total = Counter(
+            "autoserve_env_removed", "Built environments removed by the cache clean-up, by reason (idle, size)",
+            ["reason"], registry=r,
         )
         self.last_reconcile = Gauge(
             "autoserve_last_reconcile_timestamp_seconds", "Unix time of the last completed reconcile",

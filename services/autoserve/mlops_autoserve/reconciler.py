@@ -33,11 +33,13 @@ from types import MappingProxyType
 from mlops_autoserve import planner
 from mlops_autoserve.deployer import Deployer
 from mlops_autoserve.desired import Desired, RegistryReader, RouteKey
+from mlops_autoserve.environments import Build, Environments
 from mlops_autoserve.health import HealthTracker, Verdict
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.planner import Failure, Route, RouteState
 from mlops_autoserve.routetable import (
     CanaryTarget,
+    EnvBuild,
     Replica,
     RouteEntry,
     RouteTable,
@@ -84,6 +86,7 @@ class Reconciler:
         runtime: Runtime,
         metrics: AutoserveMetrics,
         reader: RegistryReader | None = None,
+        environments: Environments | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
@@ -95,7 +98,8 @@ class Reconciler:
         self.failing_since: float | None = None  # unix time cycles started failing
         self.last_cycle_error: str | None = None
         self.stopping = threading.Event()
-        self._deployer = Deployer(settings, runtime, self.stopping)
+        self.environments = environments
+        self._deployer = Deployer(settings, runtime, self.stopping, environments)
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="deploy")
         self._wake = threading.Event()
         self._registry_due = True
@@ -231,8 +235,10 @@ class Reconciler:
         canaries = self._canaries(desired, observed)
         published = {key: held.shown(key, route) for key, route in result.routes.items()}
         published.update({key: route for key, route in held.unserved.items() if key not in published})
+        building = self.environments.building() if self.environments is not None else {}
         self.publisher.publish(tuple(
-            _entry(r, _shadow_target(key, desired, result.routes, canaries.get(key)), canaries.get(key))
+            _entry(r, _shadow_target(key, desired, result.routes, canaries.get(key)), canaries.get(key),
+                   _build_view(building.get((r.model, r.desired_version))))
             for key, r in published.items()))
         self._unrouted_since = result.unrouted_since
         for key, replica, aliases in result.deploy:
@@ -241,6 +247,8 @@ class Reconciler:
             self._retire(deployment)
         self._publish_endpoint_metrics(published)
         self._publish_held(held)
+        if self.environments is not None:
+            self.environments.maybe_prune({d.env for d, _ in observed if d.env})
         if self._targets is not None:
             self._targets.write(result.routes.values())
 
@@ -577,9 +585,14 @@ def _replicas(route: Route) -> tuple[Replica, ...]:
     return tuple(Replica(d.url, d.ident, d.replica) for d in route.deployments)
 
 
-def _entry(route: Route, shadow: ShadowTarget | None = None, canary: CanaryTarget | None = None) -> RouteEntry:
+def _entry(route: Route, shadow: ShadowTarget | None = None, canary: CanaryTarget | None = None,
+           building: EnvBuild | None = None) -> RouteEntry:
     return RouteEntry(route.model, route.alias, route.desired_version, route.version, str(route.state), route.since,
-                      route.last_error, _replicas(route), shadow, canary)
+                      route.last_error, _replicas(route), shadow, canary, building)
+
+
+def _build_view(build: Build | None) -> EnvBuild | None:
+    return None if build is None else EnvBuild(build.version, build.env, build.since, build.progress)
 
 
 def _shadow_target(key: RouteKey, desired: Desired, routes: dict[RouteKey, Route],

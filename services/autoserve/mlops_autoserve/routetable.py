@@ -49,6 +49,16 @@ class CanaryTarget:
 
 
 @dataclass(frozen=True)
+class EnvBuild:
+    """The wanted version's environment being built (shown by ``mlops serve status``)."""
+
+    version: int
+    env: str  # the environment's key
+    since: float  # unix time the build started
+    progress: str = ""  # the installer's last summary line
+
+
+@dataclass(frozen=True)
 class RouteEntry:
     """Where one (model, alias) goes, as the watcher last decided."""
 
@@ -62,6 +72,10 @@ class RouteEntry:
     replicas: tuple[Replica, ...] = ()
     shadow: ShadowTarget | None = None
     canary: CanaryTarget | None = None
+    building: EnvBuild | None = None
+
+
+_ENTRY_FIELDS = frozenset(RouteEntry.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -94,9 +108,10 @@ def from_json(text: str) -> RouteTable:
     data = json.loads(text)
     if int(data.get("format", 0)) > FORMAT:
         raise ValueError(f"route table format {data['format']} is newer than this gateway understands")
-    routes = tuple(
-        RouteEntry(**{**r, "replicas": _replicas(r), "shadow": _shadow(r.get("shadow")),
-                      "canary": _canary(r.get("canary"))})
+    routes = tuple(  # fields a newer watcher added are ignored: a gateway keeps serving across upgrades
+        RouteEntry(**{**{k: v for k, v in r.items() if k in _ENTRY_FIELDS}, "replicas": _replicas(r),
+                      "shadow": _shadow(r.get("shadow")), "canary": _canary(r.get("canary")),
+                      "building": EnvBuild(**r["building"]) if r.get("building") else None})
         for r in data.get("routes", ())
     )
     return RouteTable(int(data["serial"]), float(data.get("published_at", 0.0)), routes)

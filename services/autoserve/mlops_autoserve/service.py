@@ -13,6 +13,7 @@ import os
 import signal
 
 from mlops_autoserve.control import ControlApi
+from mlops_autoserve.environments import Environments
 from mlops_autoserve.gateway import listen
 from mlops_autoserve.gateway_process import GatewayProcess
 from mlops_autoserve.metrics import AutoserveMetrics
@@ -36,7 +37,9 @@ def run(settings: AutoserveSettings, gateway: GatewayProcess | None = None, lock
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     metrics = AutoserveMetrics()
     try:
-        reconciler = Reconciler(settings, create_runtime(settings), metrics)
+        runtime = create_runtime(settings)
+        environments = Environments.for_runtime(settings, metrics, runtime)
+        reconciler = Reconciler(settings, runtime, metrics, environments=environments)
         asyncio.run(_serve(settings, reconciler, metrics, gateway))
     finally:
         lock.release()

@@ -42,7 +42,13 @@ class AutoserveSettings:
     # Uvicorn workers per deployment: with 2, every keep-alive request paid ~44 ms more on the
     # 2-core dev machine (benchmarks/bench_serving.py), and a second worker has no core to win.
     workers: int = 1
-    env_manager: str = "local"
+    # auto: serve from this environment when it satisfies the model's requirements, else from
+    # one built from them with uv (once, cached); local: always this one; uv: always built.
+    env_manager: str = "auto"
+    env_cache: Path | None = None  # built environments (process runtime) and the use ledger (default: state_dir/envs)
+    env_build_timeout: float = 900.0  # seconds one environment build may take
+    env_max_idle_days: float = 14.0  # an environment no deployment used this long is removed
+    env_max_gb: float = 20.0  # past this, the least recently used environments not in use are removed
     ready_timeout: float = 120.0
     replicas: int = 1  # per version; the registered-model tag mlops.autoserve.replicas overrides
     min_ready: int | None = None  # replicas that must answer before a route moves (None: all)

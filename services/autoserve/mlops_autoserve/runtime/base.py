@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mlops_autoserve.envstore import ServeEnv
 from mlops_toolkit import http
 
 PING_TIMEOUT = 1.0
@@ -38,6 +39,7 @@ class Deployment:
     log_path: str | None = field(default=None, compare=False)  # its output (processes)
     record_path: str | None = field(default=None, compare=False)  # its record in the state dir (processes)
     tmp_dir: str | None = field(default=None, compare=False)  # its own TMPDIR, removed on stop (processes)
+    env: str | None = field(default=None, compare=False)  # key of the built environment it runs in (None: the serving one)
 
 
 class Health(enum.Enum):
@@ -51,9 +53,10 @@ class Runtime(Protocol):
     def list(self) -> list[Deployment]:
         """Every deployment this runtime runs for autoserve, alive or starting."""
 
-    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0) -> Deployment:
-        """Start replica ``replica`` of ``key`` (for ``aliases``, as a label); return at once:
-        readiness is polled with ``health``."""
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0,
+              env: ServeEnv | None = None) -> Deployment:
+        """Start replica ``replica`` of ``key`` (for ``aliases``, as a label) in ``env`` (None:
+        the serving environment); return at once: readiness is polled with ``health``."""
 
     def health(self, deployment: Deployment) -> Health:
         """READY when GET /ping answers 200, STARTING when it does not (yet), DEAD when the

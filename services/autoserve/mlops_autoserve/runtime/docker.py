@@ -19,6 +19,7 @@ import os
 import threading
 import time
 
+from mlops_autoserve.envstore import ServeEnv
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, ping, slug
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.ops.processes import port_is_open
@@ -61,7 +62,8 @@ class DockerRuntime:
         )
         return [self._deployment(c) for c in containers]
 
-    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0) -> Deployment:
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0,
+              env: ServeEnv | None = None) -> Deployment:
         name = f"mlops-serve-{self.instance}-{slug(key, replica)}"
         self._remove_stale(name)
         with self._lock:
@@ -72,11 +74,12 @@ class DockerRuntime:
             options = {"network_mode": "host"} if self.host_network else {"network": self.settings.docker.network}
             if self.settings.docker.publish and not self.host_network:
                 options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", port)}
-            self._require_local_image()
+            image = env.image if env is not None and env.image else self.settings.docker.image
+            self._require_local_image(image)
             container = self.client.containers.run(
-                self.settings.docker.image,
+                image,
                 ["mlflow", "models", "serve", "-m", f"models:/{key.model}/{key.version}",
-                 "--env-manager", self.settings.env_manager, "-h", serve_host, "-p", str(serve_port),
+                 "--env-manager", "local", "-h", serve_host, "-p", str(serve_port),
                  "-w", str(self.settings.workers)],
                 name=name,
                 detach=True,
@@ -94,7 +97,7 @@ class DockerRuntime:
                     LABEL: "true", f"{LABEL}.instance": self.instance, "mlops.model": key.model,
                     "mlops.version": str(key.version), "mlops.replica": str(replica),
                     "mlops.aliases": ",".join(aliases), "mlops.port": str(port),
-                    "mlops.started_at": f"{time.time():.3f}",
+                    "mlops.started_at": f"{time.time():.3f}", "mlops.env": env.key if env is not None else "",
                 },
                 **options,
             )
@@ -132,8 +135,7 @@ class DockerRuntime:
             pass
 
     # -- helpers -------------------------------------------------------------------------
-    def _require_local_image(self) -> None:
-        image = self.settings.docker.image
+    def _require_local_image(self, image: str) -> None:
         try:
             self.client.images.get(image)
         except self.docker.errors.ImageNotFound:
@@ -156,6 +158,7 @@ class DockerRuntime:
             port=port,
             aliases=tuple(a for a in labels.get("mlops.aliases", "").split(",") if a),
             name=container.name,
+            env=labels.get("mlops.env") or None,
         )
 
     def _remove_stale(self, name: str) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from mlops_autoserve.envstore import ServeEnv
 from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, ping, slug
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.ops.processes import pid_running, port_is_open, signal_group
@@ -54,7 +55,8 @@ class ProcessRuntime:
                 self._clean_up(deployment)
         return deployments
 
-    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0) -> Deployment:
+    def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0,
+              env: ServeEnv | None = None) -> Deployment:
         name = slug(key, replica)
         with self._lock:
             port = self._free_port()
@@ -62,29 +64,32 @@ class ProcessRuntime:
         tmp_dir = self.tmp / f"{name}-{port}"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         host = self.settings.serve_host
+        python = env.python if env is not None and env.python else sys.executable
         command = [
-            sys.executable, "-m", "mlflow", "models", "serve",
+            python, "-m", "mlflow", "models", "serve",
             "-m", f"models:/{key.model}/{key.version}",
-            "--env-manager", self.settings.env_manager,
+            # the environment was chosen (and built, if needed) before: MLflow must not build another
+            "--env-manager", "local",
             "-h", host, "-p", str(port), "-w", str(self.settings.workers),
         ]
-        env = {
+        process_env = {
             **os.environ,
             "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
             "TMPDIR": str(tmp_dir),
-            # models serve execs `uvicorn` through bash: it must find this venv's bin
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            # models serve execs `uvicorn` through bash: it must find this environment's bin
+            "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
         }
         log_path = self.logs / f"{name}.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                command, stdout=log, stderr=subprocess.STDOUT, env=process_env, start_new_session=True,
                 stdin=subprocess.DEVNULL,
             )
         record = {
             "model": key.model, "version": key.version, "pid": process.pid, "port": port,
             "url": f"http://{host}:{port}", "tmp_dir": str(tmp_dir), "log": str(log_path),
             "started_at": time.time(), "aliases": list(aliases), "replica": replica,
+            "env": env.key if env is not None else None,
         }
         path = self.records / f"{name}.json"
         partial = path.with_suffix(".partial")
@@ -167,6 +172,7 @@ def _deployment(record: dict, path: Path) -> Deployment:
         log_path=record.get("log"),
         record_path=str(path),
         tmp_dir=record.get("tmp_dir"),
+        env=record.get("env"),
     )
 
 
