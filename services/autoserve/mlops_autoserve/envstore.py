@@ -35,6 +35,8 @@ Progress = Callable[[str], None]
 READY_FILE = "mlops-env.json"  # written last: an environment without it is an unfinished build
 LAST_USED_FILE = ".mlops-last-used"
 ENV_LABEL = "mlops.env"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_DOCKER_NOISE = re.compile(r"^\s*(Removing intermediate container|Running in|---> |Step \d+/\d+|Successfully )")
 _PROGRESS = re.compile(r"^(Resolved|Prepared|Installed|Uninstalled|Audited|Building|Built|Downloading)\b")
 
 
@@ -85,7 +87,8 @@ def to_prune(envs: list[EnvInfo], in_use: set[str], now: float, max_idle: float,
 def failure_reason(output: str, limit: int = 400) -> str:
     """The installer's own reason, on one line: from uv's first ``error:`` (or ``×``) line, or
     pip's ``ERROR:``, to the end; else the last lines it printed."""
-    raw = [line for line in output.splitlines() if line.strip()]
+    raw = [line for line in (_ANSI.sub("", line) for line in output.splitlines())
+           if line.strip() and not _DOCKER_NOISE.match(line)]
     first = next((i for i, line in enumerate(raw) if re.match(r"^\s*(×|error:|ERROR:)", line)), None)
     picked = raw[first:] if first is not None else raw[-3:]
     text = " ".join(re.sub(r"^(error|ERROR):\s*", "", re.sub(r"^[\s×╰─▶│|]+", "", line).strip()) for line in picked)
@@ -312,17 +315,25 @@ class DockerEnvs:
             for chunk in stream:
                 if "error" in chunk:
                     raise EnvBuildError(failure_reason("".join(output) or chunk["error"]))
-                line = str(chunk.get("stream", "")).strip()
-                if line:
+                for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
                     output.append(line + "\n")
-                    if _PROGRESS.match(line):
-                        progress(line)
+                    if _PROGRESS.match(line.strip()):
+                        progress(line.strip())
                 if time.monotonic() > deadline:
                     raise EnvBuildError("environment build timed out (--env-build-timeout)")
         except docker.errors.APIError as exc:
+            self._remove_leftovers(key)
             raise EnvBuildError(f"docker build failed: {exc.explanation or exc}") from None
+        except EnvBuildError:
+            self._remove_leftovers(key)
+            raise
         self._record(key, time.time() - started)
         return ServeEnv(key, image=self.tag(key))
+
+    def _remove_leftovers(self, key: str) -> None:
+        """The untagged layers a failed build left behind (they carry its labels)."""
+        with contextlib.suppress(Exception):
+            self.client.images.prune(filters={"dangling": True, "label": f"{ENV_LABEL}.key={key}"})
 
     def touch(self, key: str, seconds: float | None = None) -> None:
         self._record(key, seconds, touch_only=True)
@@ -394,18 +405,21 @@ def _build_context(lines: list[str], files: tuple[tuple[str, str], ...], base_id
     labels = {ENV_LABEL: "true", f"{ENV_LABEL}.key": key, f"{ENV_LABEL}.base": base_id,
               f"{ENV_LABEL}.base_image": base_image, f"{ENV_LABEL}.built_at": f"{built_at:.3f}",
               f"{ENV_LABEL}.requirements": json.dumps(lines)}
-    install = ('if command -v uv >/dev/null 2>&1; then '
+    # uv trusts the image's certificate store (where an operator adds a company CA), not only
+    # its own bundled roots: UV_SYSTEM_CERTS (UV_NATIVE_TLS before uv 0.9).
+    install = ('if command -v uv >/dev/null 2>&1; then UV_SYSTEM_CERTS=1 UV_NATIVE_TLS=1 '
                'uv pip install --no-cache --python "$(command -v python)" -r /tmp/mlops-env/requirements.txt; '
                'else python -m pip install --no-cache-dir -r /tmp/mlops-env/requirements.txt; fi')
     dockerfile = "\n".join([
         f"FROM {base_id}",
+        # labels first: every layer of the build carries them, so a failed build's leftovers are found
+        "LABEL " + " ".join(f"{name}={json.dumps(value)}" for name, value in labels.items()),
         "ARG UV_DEFAULT_INDEX",
         "ARG UV_INDEX",
         "USER root",
         "COPY mlops-env/ /tmp/mlops-env/",
         f"RUN {install} && rm -rf /tmp/mlops-env",
         f"USER {user}",
-        "LABEL " + " ".join(f"{name}={json.dumps(value)}" for name, value in labels.items()),
         "",
     ])
     members = {"Dockerfile": dockerfile, "mlops-env/requirements.txt": "\n".join(lines) + "\n",

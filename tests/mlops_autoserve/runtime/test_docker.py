@@ -6,7 +6,6 @@ The serving image is built by .ci/run from a locally built Debian base (no regis
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -24,31 +23,13 @@ from tests.harness import (
 )
 
 pytestmark = pytest.mark.slow
-IMAGE = os.environ.get("MLOPS_TEST_SERVING_IMAGE", "mlops-toolkit/serving:latest")
 DEPLOY_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
-def docker_client():
-    try:
-        import docker
-
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
-        need(False, f"no Docker engine answers: {exc}")
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        need(False, f"serving image {IMAGE} is missing (build: see .ci/run)")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def watcher(docker_client, tracking_uri, served_model, tmp_path_factory):
+def watcher(docker_client, serving_image, tracking_uri, served_model, tmp_path_factory):
     state = tmp_path_factory.mktemp("autoserve-docker") / "state"
-    w = Watcher(tracking_uri, state, [served_model.name], "--runtime", "docker", "--docker-image", IMAGE,
+    w = Watcher(tracking_uri, state, [served_model.name], "--runtime", "docker", "--docker-image", serving_image,
                 "--aliases", "Production,dockerprod,dockercanary").start()
     yield w
     assert w.stop() == 0
