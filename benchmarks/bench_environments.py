@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlops_autoserve.envstore import uv_binary, uv_environment
+
 import mlops_toolkit as mt
 from benchmarks.support import ServingStack, print_table, write_json
-from mlops_autoserve.envstore import uv_binary, uv_environment
 from tests.harness import IRIS_SPLIT, LoadClient, Watcher, http_json, wait_for
 
 LGBM_ROW = {"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
@@ -61,6 +62,7 @@ def one_round(stack: ServingStack, lgbm: str, lgbm_versions: list[int], root: Pa
     """Fresh state and empty caches: cold, warm and local once each."""
     extra = ["--runtime", "docker", "--docker-image", docker_image] if docker_image else []
     cache = root / "env-cache"
+    root.mkdir(parents=True, exist_ok=True)
     for model in (lgbm, stack.model):  # nothing serves when the round starts
         with contextlib.suppress(mt.NotFoundError):
             mt.delete_alias(model, "Production")

@@ -67,3 +67,12 @@ def test_autoserve_rejects_a_targets_file_it_cannot_write(mlops_script, tmp_path
     result = mlops_script("autoserve", "--targets-file", str(blocker / "serving.json"))
     assert result.returncode == 2
     assert_one_line_error(result.stderr, f"cannot write --targets-file {blocker / 'serving.json'}")
+
+
+def test_status_shows_an_environment_build_on_its_route():
+    from mlops_autoserve.cli import _building
+
+    endpoint = {"building": {"version": 3, "env": "1f0c2a9e77aa0b1c", "seconds": 4.2,
+                             "progress": "Resolved 80 packages in 1.20s"}}
+    assert _building(endpoint) == " [v3 environment 1f0c2a9e building 4 s: Resolved 80 packages in 1.20s]"
+    assert _building({"building": None}) == "" and _building({}) == ""
