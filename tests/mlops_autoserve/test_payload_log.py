@@ -92,8 +92,10 @@ def test_a_database_that_is_away_costs_no_request_and_memory_stays_bounded():
         offering = time.monotonic() - started
         assert log.buffer.qsize() <= 100
         counted = metrics.payload_log_rows
-        # at most the buffer and the batch the writer holds were taken; every other row was dropped
-        assert counted.labels("dropped")._value.get() >= 5000 - 100 - BATCH_ROWS
+        # every row is dropped, counted in a failed batch, waiting in the buffer, or in the one
+        # batch the writer holds right now (a slow machine lets it fail several batches meanwhile)
+        accounted = sum(counted.labels(r)._value.get() for r in ("dropped", "failed")) + log.buffer.qsize()
+        assert accounted >= 5000 - BATCH_ROWS and counted.labels("dropped")._value.get() > 0
         wait_for(lambda: counted.labels("failed")._value.get() > 0, 15, what="a failed batch counted")
     finally:
         log.stop()

@@ -79,6 +79,10 @@ class ProcessRuntime:
             # models serve execs `uvicorn` through bash: it must find this environment's bin
             "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
         }
+        if env is not None:
+            # A built environment is ours: its first start writes the bytecode of what it imports,
+            # so later starts do not compile mlflow again (26 s instead of 12 s to serving here).
+            process_env.pop("PYTHONDONTWRITEBYTECODE", None)
         log_path = self.logs / f"{name}.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
