@@ -3,7 +3,7 @@
 # still holds an env.dev.example placeholder (change-me), is empty, or is shared by two uses
 # (a leaked webhook key must not also be Airflow's JWT secret). One line on stderr, exit 1.
 set -u
-names=(POSTGRES_PASSWORD MINIO_ROOT_PASSWORD MLFLOW_WEBHOOK_ENCRYPTION_KEY AUTOSERVE_WEBHOOK_SECRET
+names=(POSTGRES_PASSWORD MLFLOW_DB_PASSWORD AIRFLOW_DB_PASSWORD APP_DB_PASSWORD MINIO_ROOT_PASSWORD MLFLOW_WEBHOOK_ENCRYPTION_KEY AUTOSERVE_WEBHOOK_SECRET
        AIRFLOW_ADMIN_PASSWORD AIRFLOW_JWT_SECRET AIRFLOW_API_SECRET_KEY AIRFLOW_FERNET_KEY GRAFANA_ADMIN_PASSWORD)
 problems=()
 for name in "${names[@]}"; do

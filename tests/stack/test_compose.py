@@ -191,6 +191,65 @@ def test_postgres_init_job_creates_the_databases_once(tmp_path):
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
+def test_postgres_init_job_gives_each_database_a_role_of_its_own(config):
+    """DB:ROLE:VARIABLE against the real PostgreSQL: the role owns its database (tables made
+    earlier by the superuser too), no other role may connect, a re-run sets a new password,
+    and the password only ever travels in the environment."""
+    psycopg = pytest.importorskip("psycopg")
+    suffix = uuid.uuid4().hex[:6]
+    db, role, other = f"mlops_init_{suffix}", f"mlops_role_{suffix}", f"mlops_other_{suffix}"
+    script = str(ROOT / "services/postgres/create-databases.sh")
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres"}
+    spec = f"{db}:{role}:SERVICE_DB_PASSWORD"
+
+    def run(password: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", script, spec], env={**env, "SERVICE_DB_PASSWORD": password},
+                              capture_output=True, text=True, timeout=60)
+
+    def scram(admin) -> str:
+        return admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()[0]
+
+    try:
+        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{db}"')  # a stack from before roles per service
+            with psycopg.connect(PG_DSN, dbname=db, autocommit=True) as old:
+                old.execute("CREATE TABLE runs (id serial PRIMARY KEY, name text)")
+            first = run("it's a \"quoted\" $secret")
+            assert first.returncode == 0, first.stderr
+            assert first.stdout.splitlines() == [f"role {role} created", f"database {db} exists",
+                                                 f"database {db} owned by {role}, closed to other roles"]
+            hashed = scram(admin)
+            assert hashed.startswith("SCRAM-SHA-256$")
+            assert admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                                 (db,)).fetchone()[0] == role
+            admin.execute(f'CREATE ROLE "{other}" LOGIN')
+            dsn = f"host=127.0.0.1 port=5432 dbname={db}"
+            with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                psycopg.connect(f"{dsn} user={other}").close()
+            with psycopg.connect(f"{dsn} user={role}", autocommit=True) as own:  # the old table is its own now
+                own.execute("INSERT INTO runs (name) VALUES ('x')")
+                own.execute("ALTER TABLE runs ADD COLUMN note text")
+            again = run("a-new-password")
+            assert again.returncode == 0 and again.stdout.splitlines()[0] == f"role {role} password set"
+            assert scram(admin) != hashed
+            empty = run("")
+            assert empty.returncode == 2 and empty.stderr.strip() == \
+                f"the password of role {role} is empty: set SERVICE_DB_PASSWORD"
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+            admin.execute(f'DROP ROLE IF EXISTS "{other}"')
+    # the stack: every service but the init job reaches PostgreSQL as its own role
+    services = config["services"]
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://mlflow:")
+    airflow = services["airflow-scheduler"]["environment"]
+    assert airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+    assert airflow["APP_DB_URL"].startswith("postgresql+psycopg://appdb:")
+    assert services["postgres-init"]["command"] == ["mlflow:mlflow:MLFLOW_DB_PASSWORD",
+                                                    "airflow:airflow:AIRFLOW_DB_PASSWORD", "appdb:appdb:APP_DB_PASSWORD"]
+
+
 def test_airflow_settings_are_the_ones_the_real_airflow_test_runs_with(config, tmp_path):
     """tests/mlops_toolkit/ops/test_bootstrap.py runs real Airflow 3 components with the
     compose stack's settings pointed at loopback: the two must not drift apart."""
@@ -212,7 +271,7 @@ def test_airflow_settings_are_the_ones_the_real_airflow_test_runs_with(config, t
 
 
 PREFLIGHT = ROOT / "services" / "preflight" / "check-secrets.sh"
-SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_WEBHOOK_ENCRYPTION_KEY", "AUTOSERVE_WEBHOOK_SECRET",
+SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD", "APP_DB_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_WEBHOOK_ENCRYPTION_KEY", "AUTOSERVE_WEBHOOK_SECRET",
            "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY",
            "GRAFANA_ADMIN_PASSWORD")
 
@@ -249,7 +308,7 @@ def test_the_stack_starts_with_real_distinct_secrets_and_refuses_a_shared_one():
     real["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
     real["MLFLOW_WEBHOOK_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
     ok = _preflight(real)
-    assert ok.returncode == 0 and ok.stdout.startswith("secrets checked: 9 set, distinct"), ok.stderr
+    assert ok.returncode == 0 and ok.stdout.startswith(f"secrets checked: {len(SECRETS)} set, distinct"), ok.stderr
     shared = _preflight({**real, "AIRFLOW_API_SECRET_KEY": real["AIRFLOW_JWT_SECRET"]})
     assert shared.returncode == 1
     assert "AIRFLOW_JWT_SECRET and AIRFLOW_API_SECRET_KEY hold the same value" in shared.stderr
