@@ -106,9 +106,9 @@ def test_every_promql_query_parses_with_promtool(promtool, tmp_path):
 
 
 def _promtail_labels() -> set[str]:
-    """Labels Promtail attaches: relabel targets plus the pipeline's labels stage."""
+    """Labels Promtail attaches: the static ones plus the pipeline's labels stages."""
     (job,) = load_yaml(MONITORING / "promtail" / "promtail.yml")["scrape_configs"]
-    labels = {rule["target_label"] for rule in job["relabel_configs"] if not rule["target_label"].startswith("__")}
+    labels = {label for static in job["static_configs"] for label in static["labels"] if not label.startswith("__")}
     for stage in job["pipeline_stages"]:
         labels |= set(stage.get("labels") or {})
     return labels

@@ -3,9 +3,9 @@
 Neither Loki nor Promtail can be installed on the test machines (not in Debian, PyPI or
 npm, and no container registry is reachable), so their files cannot be loaded by the real
 programs here. These tests pin what the stack relies on: Loki listens on 3100 with
-filesystem storage and a TSDB v13 schema; Promtail discovers containers through the
-Docker socket, names them by compose service, parses the services' JSON log lines and
-pushes to that Loki. The JSON field names are checked against the real formatter.
+filesystem storage and a TSDB v13 schema; Promtail reads the containers' log files (not
+the Docker socket), names them from the attributes Docker writes into each line, parses
+the services' JSON log lines and pushes to that Loki. The JSON field names are checked against the real formatter.
 """
 
 from __future__ import annotations
@@ -36,23 +36,56 @@ def test_loki_schema_is_tsdb_v13_on_the_filesystem():
     assert period["index"]["period"] == "24h"  # TSDB requires 24h index periods
 
 
-def test_promtail_reads_docker_containers_and_pushes_to_loki():
+def _stages(name: str) -> list[dict]:
+    return [stage[name] for stage in PROMTAIL["scrape_configs"][0]["pipeline_stages"] if name in stage]
+
+
+def test_promtail_reads_container_log_files_not_the_socket_and_pushes_to_loki():
     (client,) = PROMTAIL["clients"]
     assert client["url"] == "http://loki:3100/loki/api/v1/push" and "loki" in compose_services()
     (job,) = PROMTAIL["scrape_configs"]
-    (docker,) = job["docker_sd_configs"]
-    assert docker["host"] == "unix:///var/run/docker.sock"
-    targets = {(tuple(r["source_labels"]), r["target_label"]) for r in job["relabel_configs"]}
-    assert (("__meta_docker_container_label_com_docker_compose_service",), "service") in targets
-    assert (("__meta_docker_container_name",), "container") in targets
-    for docker_label, label in (("mlops_model", "model"), ("mlops_version", "version"), ("mlops_autoserve", "autoserve")):
-        assert ((f"__meta_docker_container_label_{docker_label}",), label) in targets
+    assert "docker_sd_configs" not in job
+    (static,) = job["static_configs"]
+    assert static["labels"]["__path__"] == "/var/lib/docker/containers/*/*-json.log"
+    compose = load_yaml(MONITORING.parent / "docker-compose.yml")
+    volumes = compose["services"]["promtail"]["volumes"]
+    assert "/var/lib/docker/containers:/var/lib/docker/containers:ro" in volumes
+    assert not any("docker.sock" in v for v in volumes)
 
 
-def test_promtail_parses_json_lines_into_low_cardinality_labels():
-    stages = {name: body for stage in PROMTAIL["scrape_configs"][0]["pipeline_stages"] for name, body in stage.items()}
-    assert {"level", "logger", "message", "model", "alias", "version"} <= set(stages["json"]["expressions"])
-    assert set(stages["labels"]) == {"level", "model", "alias"}  # never message: one stream per line
+def test_every_container_writes_log_lines_promtail_can_name():
+    """Compose gives every service the json-file options that put its name in each line."""
+    compose = load_yaml(MONITORING.parent / "docker-compose.yml")
+    for name, service in compose["services"].items():
+        logging_ = service["logging"]
+        assert logging_["driver"] == "json-file", name
+        assert logging_["options"]["labels"] == "com.docker.compose.service" and logging_["options"]["tag"] == \
+            "{{.Name}}", name
+
+
+def test_promtail_parses_docker_envelopes_then_json_lines_into_low_cardinality_labels():
+    envelope, service_line = _stages("json")
+    assert envelope["expressions"]["output"] == "log" and _stages("output") == [{"source": "output"}]
+    assert {"level", "logger", "message", "model", "alias", "version"} <= set(service_line["expressions"])
+    first, last = _stages("labels")
+    assert set(first) == {"stream", "service", "container", "autoserve", "version"}
+    assert set(last) == {"level", "model", "alias"}  # never message: one stream per line
+
+
+def test_envelope_expressions_read_a_real_docker_log_line():
+    """The JMESPath expressions (what Promtail's json stage evaluates) against a line as
+    Docker's json-file driver wrote it for a compose service (captured from Docker 28 with
+    the compose stack's options)."""
+    import jmespath
+
+    line = json.loads('{"log":"{\\"level\\": \\"INFO\\", \\"message\\": \\"hi\\"}\\n","stream":"stdout",'
+                      '"attrs":{"com.docker.compose.service":"mlflow","tag":"mlops_mlflow_1"},'
+                      '"time":"2026-11-30T20:28:48.107244968Z"}')
+    (envelope, _) = _stages("json")
+    fields = {name: jmespath.search(expression, line) for name, expression in envelope["expressions"].items()}
+    assert fields == {"output": '{"level": "INFO", "message": "hi"}\n', "stream": "stdout",
+                      "time": "2026-11-30T20:28:48.107244968Z", "service": "mlflow", "container": "mlops_mlflow_1",
+                      "autoserve": None, "model": None, "version": None}
 
 
 def test_json_stage_fields_are_what_the_services_log():
@@ -67,7 +100,7 @@ def test_json_stage_fields_are_what_the_services_log():
     finally:
         logger.removeHandler(handler)
     line = json.loads(stream.getvalue())
-    expressions = PROMTAIL["scrape_configs"][0]["pipeline_stages"][0]["json"]["expressions"]
+    expressions = _stages("json")[1]["expressions"]
     assert {source: line[source] for source in expressions.values()} == {
         "level": "ERROR", "logger": "monitoring-test", "message": "deploy failed", "model": "iris",
         "alias": "Production", "version": 3}

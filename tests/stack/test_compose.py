@@ -329,3 +329,11 @@ def test_no_secret_on_a_command_line(config):
         leaked = [a for a in argv if any(secret in a for secret in secrets)]
         assert leaked == [], f"{name}: {leaked}"
     assert "postgresql+psycopg://" in config["services"]["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+
+
+def test_only_the_watcher_holds_the_docker_socket(config):
+    """Whoever holds the socket is root on the host: autoserve's watcher needs it (containers,
+    image builds), nothing else gets it; Promtail reads the log files read-only instead."""
+    holders = [name for name, service in config["services"].items()
+               if any("docker.sock" in str(volume) for volume in service.get("volumes", []))]
+    assert holders == ["mlflow-autoserve"]

@@ -6,6 +6,7 @@ The serving image is built by .ci/run from a locally built Debian base (no regis
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -56,7 +57,18 @@ def test_first_deploy_runs_a_labelled_container(watcher, served_model, docker_cl
     assert container.attrs["Config"]["User"] == "10001"  # the image's unprivileged user
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert (host["Memory"], host["NanoCpus"]) == (2 * 1024**3, 10**9)
-    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {
+        "max-size": "10m", "max-file": "3", "labels": "mlops.autoserve,mlops.model,mlops.version", "tag": "{{.Name}}"}}
+    # what Promtail reads: the container's own log file, each line naming model and version
+    import jmespath
+    from tests.monitoring.test_logs import PROMTAIL
+
+    envelope = PROMTAIL["scrape_configs"][0]["pipeline_stages"][0]["json"]["expressions"]
+    with open(container.attrs["LogPath"]) as log_file:
+        line = json.loads(log_file.readline())
+    fields = {name: jmespath.search(expression, line) for name, expression in envelope.items()}
+    assert (fields["autoserve"], fields["model"], fields["version"], fields["container"]) == (
+        "true", model, str(v1), container.name)
     assert container.name.startswith("mlops-serve-") and " " not in container.name  # model name has a space
 
 

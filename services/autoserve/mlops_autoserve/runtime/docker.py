@@ -29,7 +29,10 @@ LABEL = "mlops.autoserve"
 ARTIFACT_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                 "MLFLOW_S3_IGNORE_TLS")
 CONTAINER_PORT = 8080
-LOG_ROTATION = {"max-size": "10m", "max-file": "3"}  # json-file logs: at most 30 MB per container
+# json-file logs: at most 30 MB per container; each line carries the container's name and its
+# autoserve labels ("attrs"), which is how Promtail names it from the log file alone
+LOG_OPTIONS = {"max-size": "10m", "max-file": "3", "labels": "mlops.autoserve,mlops.model,mlops.version",
+               "tag": "{{.Name}}"}
 STOP_TIMEOUT = 10
 
 
@@ -88,7 +91,7 @@ class DockerRuntime:
                 security_opt=["no-new-privileges:true"],
                 mem_limit=self.settings.docker.memory,
                 nano_cpus=int(self.settings.docker.cpus * 1e9),
-                log_config=self.docker.types.LogConfig(type="json-file", config=LOG_ROTATION),
+                log_config=self.docker.types.LogConfig(type="json-file", config=LOG_OPTIONS),
                 environment={
                     "MLFLOW_TRACKING_URI": self.settings.docker.container_tracking_uri or self.settings.tracking_uri,
                     **{name: os.environ[name] for name in ARTIFACT_ENV if os.environ.get(name)},
