@@ -61,6 +61,7 @@ def test_first_deploy_runs_a_labelled_container(watcher, served_model, docker_cl
         "max-size": "10m", "max-file": "3", "labels": "mlops.autoserve,mlops.model,mlops.version", "tag": "{{.Name}}"}}
     # what Promtail reads: the container's own log file, each line naming model and version
     import jmespath
+
     from tests.monitoring.test_logs import PROMTAIL
 
     envelope = PROMTAIL["scrape_configs"][0]["pipeline_stages"][0]["json"]["expressions"]
