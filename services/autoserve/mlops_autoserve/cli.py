@@ -3,6 +3,7 @@ and ``mlops serve status`` (what is serving)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -230,18 +231,11 @@ def serve() -> None:
 @json_option
 def status(gateway: str, as_json: bool) -> None:
     """A table of every served (model, alias): version, state, ready/routed replicas, direct URL, last error."""
-    url = gateway.rstrip("/") + "/endpoints"
-    try:
-        response = http.get(url, timeout=5)
-        endpoints = response.json() if response.status == 200 else None
-    except http.Unreachable as exc:
-        raise MlopsError(f"cannot read {url}: {exc.reason}; is `mlops autoserve` (or `mlops gateway`) running? "
-                         "Point --gateway-admin (or $MLOPS_GATEWAY_ADMIN_URL) at the gateway's admin port") from None
-    except ValueError:
-        endpoints = None
-    if not isinstance(endpoints, list):
-        raise MlopsError(f"{url} answered HTTP {response.status} without a list of endpoints: "
-                         "is it an autoserve gateway's admin port?")
+    endpoints = _read_json(
+        gateway.rstrip("/") + "/endpoints", 5, lambda data: isinstance(data, list),
+        "is `mlops autoserve` (or `mlops gateway`) running? "
+        "Point --gateway-admin (or $MLOPS_GATEWAY_ADMIN_URL) at the gateway's admin port",
+        "a list of endpoints: is it an autoserve gateway's admin port?")
     if as_json:
         echo_json(endpoints)
         return
@@ -258,6 +252,20 @@ def _v(version: int | None) -> str:
     return f"v{version}" if version is not None else "-"
 
 
+def _read_json(url: str, timeout: float, accept, running_hint: str, expected: str):
+    """GET a service's JSON page; one-line errors when nothing answers or something else does."""
+    try:
+        response = http.get(url, timeout=timeout)
+        data = response.json() if response.status == 200 else None
+    except http.Unreachable as exc:
+        raise MlopsError(f"cannot read {url}: {exc.reason}; {running_hint}") from None
+    except ValueError:
+        data = None
+    if not accept(data):
+        raise MlopsError(f"{url} answered HTTP {response.status} without {expected}")
+    return data
+
+
 def _building(endpoint: dict) -> str:
     build = endpoint.get("building")
     if not build:
@@ -272,18 +280,11 @@ def _building(endpoint: dict) -> str:
 @json_option
 def envs(watcher: str, as_json: bool) -> None:
     """Environments autoserve built for models the serving environment does not satisfy: size, last use, in use."""
-    url = watcher.rstrip("/") + "/envs"
-    try:
-        response = http.get(url, timeout=30)
-        data = response.json() if response.status == 200 else None
-    except http.Unreachable as exc:
-        raise MlopsError(f"cannot read {url}: {exc.reason}; is `mlops autoserve` running? "
-                         "Point --watcher (or $MLOPS_WATCHER_URL) at its --watcher-port") from None
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("environments"), list):
-        raise MlopsError(f"{url} answered HTTP {response.status} without environments: "
-                         "is it an autoserve watcher (--watcher-port)?")
+    data = _read_json(
+        watcher.rstrip("/") + "/envs", 30,
+        lambda data: isinstance(data, dict) and isinstance(data.get("environments"), list),
+        "is `mlops autoserve` running? Point --watcher (or $MLOPS_WATCHER_URL) at its --watcher-port",
+        "environments: is it an autoserve watcher (--watcher-port)?")
     if as_json:
         echo_json(data)
         return
@@ -306,8 +307,6 @@ def _size(size: int) -> str:
 
 
 def _ago(when: float) -> str:
-    import time
-
     seconds = max(0, time.time() - when)
     for unit, span in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= span:
@@ -316,9 +315,9 @@ def _ago(when: float) -> str:
 
 
 def _requirements(lines: list[str]) -> str:
-    shown = [line for line in lines if not line.startswith("mlflow")][:3]
-    more = len(lines) - 1 - len(shown) if any(line.startswith("mlflow") for line in lines) else len(lines) - len(shown)
-    return ", ".join(shown) + (f" (+{more})" if more > 0 else "")
+    others = [line for line in lines if not line.startswith("mlflow")]  # mlflow is in every one
+    more = len(others) - 3
+    return ", ".join(others[:3]) + (f" (+{more})" if more > 0 else "")
 
 
 def _wanted(endpoint: dict) -> str:

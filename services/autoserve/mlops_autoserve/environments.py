@@ -76,17 +76,11 @@ class Environments:
         if mode == "local":
             return None
         needs = self._needs_of(key)
-        if mode == "auto":
-            if not needs.recorded:
-                self.metrics.env_resolve_total.labels("local").inc()
-                return None
-            missing = unmet(needs, self.store.interpreter())
-            if not missing:
-                self.metrics.env_resolve_total.labels("local").inc()
-                return None
-        else:
-            missing = list(needs.requirements)
         interpreter = self.store.interpreter()
+        missing = unmet(needs, interpreter) if mode == "auto" else list(needs.requirements)
+        if mode == "auto" and not missing:  # also a version without recorded requirements
+            self.metrics.env_resolve_total.labels("local").inc()
+            return None
         lines = build_lines(needs, interpreter.mlflow or "")
         key_hash = env_key(lines, needs.files, self.store.base())
         with self.store.locked(key_hash):

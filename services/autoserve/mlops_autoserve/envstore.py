@@ -337,8 +337,8 @@ class DockerEnvs:
         with contextlib.suppress(Exception):
             self.client.images.prune(filters={"dangling": True, "label": f"{ENV_LABEL}.key={key}"})
 
-    def touch(self, key: str, seconds: float | None = None) -> None:
-        self._record(key, seconds, touch_only=True)
+    def touch(self, key: str) -> None:
+        self._record(key)
 
     def list(self) -> list[EnvInfo]:
         ledger = self._read_ledger()
@@ -374,13 +374,13 @@ class DockerEnvs:
                 ledger.pop(key, None)
                 self._write_ledger(ledger)
 
-    def _record(self, key: str, seconds: float | None, touch_only: bool = False) -> None:
+    def _record(self, key: str, build_seconds: float | None = None) -> None:
         with self._guard:
             ledger = self._read_ledger()
             entry = ledger.setdefault(key, {})
             entry["last_used"] = time.time()
-            if not touch_only and seconds is not None:
-                entry["build_seconds"] = round(seconds, 2)
+            if build_seconds is not None:
+                entry["build_seconds"] = round(build_seconds, 2)
             self._write_ledger(ledger)
 
     def _read_ledger(self) -> dict:
