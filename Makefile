@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test bench images clean
+.PHONY: demo test stack-test bench images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 ## test: the whole test suite against a real MLflow server (Postgres at 127.0.0.1:5432 if up)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+## stack-test: docker-compose up of the whole stack on this host (local stand-ins for the
+## images it cannot pull), the demo's prediction, Prometheus targets, then the teardown
+stack-test: $(STAMP)
+	$(VENV)/bin/python -m pytest tests/stack/test_stack_up.py
 
 ## bench: the benchmarks (prints tables, writes benchmarks/results/*.json)
 bench: $(STAMP)

@@ -54,11 +54,12 @@ class DagRun:
     logical_date: str | None = None
     start_date: str | None = None
     end_date: str | None = None
+    run_type: str = "manual"  # manual, scheduled, backfill, asset_triggered
 
     @classmethod
     def from_json(cls, data: dict) -> DagRun:
         return cls(data["dag_id"], data["dag_run_id"], data.get("state") or "queued", data.get("logical_date"),
-                   data.get("start_date"), data.get("end_date"))
+                   data.get("start_date"), data.get("end_date"), data.get("run_type") or "manual")
 
 
 @dataclass
@@ -117,6 +118,11 @@ class AirflowClient:
         body = {"logical_date": logical_date.isoformat() if isinstance(logical_date, dt.datetime) else None,
                 "conf": conf or {}}
         return DagRun.from_json(self._call("POST", f"/api/v2/dags/{_q(dag_id)}/dagRuns", body))
+
+    def dag_runs(self, dag_id: str, limit: int = 20) -> list[DagRun]:
+        """The DAG's newest runs first (by the time each was due to run)."""
+        path = f"/api/v2/dags/{_q(dag_id)}/dagRuns?order_by=-run_after&limit={int(limit)}"
+        return [DagRun.from_json(run) for run in self._call("GET", path).get("dag_runs", [])]
 
     def dag_run(self, dag_id: str, run_id: str) -> DagRun:
         return DagRun.from_json(self._call("GET", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}"))

@@ -10,6 +10,7 @@ whole job, so a stack that never comes up fails with a line instead of hanging.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ DEFAULT_DAGS = ("dag_data_load", "dag_training")
 # checks that these stay in step with the code.
 RESET_EXPERIMENTS = ("scheduled-training", "model-monitoring")
 PROGRESS_EVERY_S = 10.0
+SCHEDULER_PICKUP_S = 60.0  # how long a due scheduled run may take to appear after unpausing
 
 
 @dataclass
@@ -213,12 +215,25 @@ def wait_until_unrouted(gateway: str, model: str, deadline: Deadline, progress: 
 
 def run_dag(airflow: AirflowClient, dag_id: str, deadline: Deadline, progress: Callable[[str], None],
             poll_interval: float = 2.0) -> FinishedRun:
-    """Wait until Airflow knows the DAG, unpause it, trigger a run and wait for its success."""
+    """Wait until Airflow knows the DAG, unpause it and follow one run to its success.
+
+    Unpausing a scheduled DAG whose latest scheduled time has passed makes the scheduler
+    start that run at once (what ``catchup=False`` means in Airflow 3): the job follows it.
+    Triggering a run as well would load and train twice, one run queued behind the other.
+    A DAG with nothing due (no schedule, already run, already unpaused) gets a triggered run.
+    """
     started = time.monotonic()
-    _wait_for_dag(airflow, dag_id, deadline, progress)
+    due = _due_scheduled_run(_wait_for_dag(airflow, dag_id, deadline, progress))
     airflow.unpause(dag_id)
-    dag_run = airflow.trigger(dag_id)
-    progress(f"{dag_id}: unpaused, triggered run {dag_run.run_id}")
+    dag_run = None
+    if due is not None:
+        dag_run = wait_until(lambda: _scheduled_run(airflow, dag_id, due), min(SCHEDULER_PICKUP_S, deadline.left()),
+                             interval=1.0, default=None)
+    if dag_run is not None:
+        progress(f"{dag_id}: unpaused; following the run the scheduler started for its due time, {dag_run.run_id}")
+    else:
+        dag_run = airflow.trigger(dag_id)
+        progress(f"{dag_id}: unpaused, triggered run {dag_run.run_id}")
     finished = airflow.wait_for_run(dag_run, deadline.left(), progress, interval=poll_interval)
     seconds = time.monotonic() - started
     progress(f"{dag_id}: run {finished.run_id} succeeded in {seconds:.1f} s")
@@ -270,17 +285,36 @@ def _wait_for_service(what: str, url: str, probe: Callable[[float], tuple[bool, 
     progress(f"{what} ready at {url}" + (f" ({seen['detail']})" if seen["detail"] else ""))
 
 
-def _wait_for_dag(airflow: AirflowClient, dag_id: str, deadline: Deadline, progress: Callable[[str], None]) -> None:
-    """A fresh Airflow parses the DAGs folder a few seconds after it starts: wait for it."""
-    if airflow.dag(dag_id) is not None:
-        return
+def _wait_for_dag(airflow: AirflowClient, dag_id: str, deadline: Deadline, progress: Callable[[str], None]) -> dict:
+    """A fresh Airflow parses the DAGs folder a few seconds after it starts: wait for it.
+    Returns the DAG's details."""
+    details = airflow.dag(dag_id)
+    if details is not None:
+        return details
     progress(f"{dag_id}: waiting for Airflow to parse it")
-    if wait_until(lambda: airflow.dag(dag_id) is not None, max(0.0, deadline.left()), interval=2.0, default=False):
-        return
+    details = wait_until(lambda: airflow.dag(dag_id), max(0.0, deadline.left()), interval=2.0, default=None)
+    if details is not None:
+        return details
     errors = "; ".join(one_line(f"{e.get('filename')}: {e.get('stack_trace', '')}", 200)
                        for e in airflow.import_errors())
     raise AirflowError(f"Airflow at {airflow.base_url} does not know DAG {dag_id}"
                        + (f" (import errors: {errors})" if errors else " (is it in the DAGs folder?)"))
+
+
+def _due_scheduled_run(details: dict) -> str | None:
+    """The logical date of the run the scheduler will start as soon as this paused DAG is
+    unpaused (its next run was due in the past), or None."""
+    run_after, logical_date = details.get("next_dagrun_run_after"), details.get("next_dagrun_logical_date")
+    if not details.get("is_paused") or not run_after or not logical_date:
+        return None
+    due = dt.datetime.fromisoformat(run_after)
+    return logical_date if due <= dt.datetime.now(dt.timezone.utc) else None
+
+
+def _scheduled_run(airflow: AirflowClient, dag_id: str, logical_date: str) -> DagRun | None:
+    when = dt.datetime.fromisoformat(logical_date)
+    return next((run for run in airflow.dag_runs(dag_id, limit=5) if run.run_type == "scheduled" and run.logical_date
+                 and dt.datetime.fromisoformat(run.logical_date) == when), None)
 
 
 def _alias_version(tracking_uri: str, model: str, alias: str) -> int | None:

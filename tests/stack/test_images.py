@@ -1,15 +1,11 @@
-"""The project's images, built with a real ``docker build`` and run on the real engine.
+"""The project's images (built by tests/stack/conftest.py), run on the real engine.
 
-CI has no registry: the images build on the Debian base that .ci/run makes from the
-machine's apt mirror (services/autoserve/docker/build-base-image.sh); elsewhere the same
-Dockerfiles use the public python image. Containers use host networking and loopback
-ports only. The serving image is exercised by tests/mlops_autoserve/runtime/test_docker.py.
+Containers use host networking and loopback ports only. The serving image is exercised by tests/mlops_autoserve/runtime/test_docker.py.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,45 +14,16 @@ import uuid
 import pytest
 
 from mlops_toolkit.ops.processes import free_port
-from tests.conftest import IN_CI, PG_DSN, need, repo_root
+from tests.conftest import PG_DSN
+from tests.stack.conftest import build_images, docker
 
 pytestmark = pytest.mark.slow
-ROOT = repo_root()
-BASE = "mlops-toolkit/python-base:bookworm"
-
-
-def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def images() -> dict[str, str]:
-    """Build (or reuse: tags are content hashes) the autoserve, mlflow and airflow images."""
-    try:
-        engine = docker("info", timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        engine = False
-    need(engine, "no Docker engine answers (see .ci/run for how CI starts one)")
-    has_base = docker("image", "inspect", BASE).returncode == 0
-    need(has_base or not IN_CI, f"{BASE} is missing: .ci/run builds it before the tests")
-    args = ["--local-base"] if has_base else []
-    names = ["autoserve", "mlflow", "airflow"]
-    started = time.monotonic()
-    result = subprocess.run(["bash", str(ROOT / "services/autoserve/docker/build-images.sh"), *args, *names],
-                            capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stderr[-3000:]
-    tags = result.stdout.split()
-    print(f"\nimages {tags} ready in {time.monotonic() - started:.0f} s")
-    assert len(tags) == 3 and all(t.startswith("mlops-toolkit/") for t in tags)
-    return dict(zip(names, tags, strict=True))
 
 
 def test_image_tags_follow_content_and_are_never_overwritten(images):
     ids = {name: docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip() for name, tag in images.items()}
-    again = subprocess.run(["bash", str(ROOT / "services/autoserve/docker/build-images.sh"),
-                            *(["--local-base"] if docker("image", "inspect", BASE).returncode == 0 else []),
-                            "autoserve", "mlflow", "airflow"], capture_output=True, text=True, timeout=120)
-    assert again.stdout.split() == list(images.values())  # same content, same tags, nothing rebuilt
+    again = build_images(*images, timeout=120)
+    assert again == list(images.values())  # same content, same tags, nothing rebuilt
     assert {name: docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip() for name, tag in images.items()} == ids
 
 
@@ -140,13 +107,15 @@ def test_airflow_image_loads_every_dag_and_its_init_job_migrates_postgres(images
     with psycopg.connect(PG_DSN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
     try:
-        init = docker("run", "--rm", "--network", "host", "-v", f"{auth}:/opt/airflow/auth",
+        # as compose runs it: root first, which hands the volume to airflow (uid 50000) and drops to it
+        init = docker("run", "--rm", "--network", "host", "--user", "0:0", "-v", f"{auth}:/opt/airflow/auth",
                       "-e", f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
                       "-e", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=/opt/airflow/auth/passwords.json",
                       "-e", "AIRFLOW_ADMIN_USER=admin", "-e", "AIRFLOW_ADMIN_PASSWORD=test-password",
                       "--entrypoint", "bash", images["airflow"], "/opt/airflow/init.sh", timeout=300)
         assert init.returncode == 0, init.stdout[-2000:] + init.stderr[-2000:]
         assert json.loads((auth / "passwords.json").read_text()) == {"admin": "test-password"}
+        assert (auth / "passwords.json").stat().st_uid == 50000 and auth.stat().st_uid == 50000
         with psycopg.connect(PG_DSN.replace("dbname=postgres", f"dbname={database}")) as db:
             tables = db.execute("SELECT count(*) FROM information_schema.tables WHERE table_name IN "
                                 "('dag', 'dag_run', 'task_instance', 'alembic_version')").fetchone()[0]

@@ -228,14 +228,19 @@ def test_bootstrap_runs_the_dags_through_airflow_and_predicts_from_production(ai
     out = result.stdout
     print(f"\nfirst bootstrap: {seconds:.1f} s\n{out}")
 
-    # both runs succeeded, as Airflow itself reports them
+    # both runs succeeded, as Airflow itself reports them; unpausing made the scheduler start
+    # each DAG's due run, which the job followed: ONE run per DAG (triggering one as well
+    # would load and train twice)
     run_ids = dict(re.findall(r"(dag_data_load|dag_training): run (\S+) succeeded", out))
     assert set(run_ids) == {"dag_data_load", "dag_training"}, out
     for dag_id, run_id in run_ids.items():
         status, _, run = airflow_stack.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
-        assert status == 200 and run["state"] == "success" and run["run_type"] == "manual", run
+        assert status == 200 and run["state"] == "success" and run["run_type"] == "scheduled", run
         status, _, dag = airflow_stack.api("GET", f"/dags/{dag_id}")
         assert dag["is_paused"] is False
+        status, _, runs = airflow_stack.api("GET", f"/dags/{dag_id}/dagRuns")
+        assert [r["dag_run_id"] for r in runs["dag_runs"]] == [run_id], runs
+    assert "following the run the scheduler started for its due time" in out
 
     # the prediction came through the gateway from a version that holds (or held) Production
     match = re.search(rf"prediction from {re.escape(airflow_stack.model)}@Production \(v(\d+)\): \[(\d), (\d)\]", out)
@@ -277,6 +282,10 @@ def test_bootstrap_reset_starts_the_model_and_experiments_afresh(airflow_stack, 
     assert min(int(v.version) for v in versions) == 1
     served = int(re.search(r"@Production \(v(\d+)\)", result.stdout).group(1))
     assert served in {int(v.version) for v in versions}
+    # the DAGs are unpaused now with nothing due: the job triggered one run of each
+    for dag_id in ("dag_data_load", "dag_training"):
+        status, _, runs = airflow_stack.api("GET", f"/dags/{dag_id}/dagRuns?order_by=-run_after")
+        assert [r["run_type"] for r in runs["dag_runs"]] == ["manual", "scheduled"], runs
 
 
 # -- errors a user meets -----------------------------------------------------------------------
