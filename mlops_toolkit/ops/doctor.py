@@ -104,9 +104,21 @@ def _docker() -> str:
         raise RuntimeError(f"no Docker engine answers ({_docker_host()}): {_root_cause(exc)}") from None
     try:
         version = client.version()
+        info = client.info()
     finally:
         client.close()
-    return f"Docker {version.get('Version', '?')} at {_docker_host()}"
+    return f"Docker {version.get('Version', '?')} at {_docker_host()}; {swarm_role(info)}"
+
+
+def swarm_role(info: dict) -> str:
+    """Whether ``--runtime swarm`` can run on this engine: it needs a swarm manager."""
+    swarm = info.get("Swarm") or {}
+    if swarm.get("LocalNodeState") != "active":
+        hint = " (live-restore is on: Docker refuses swarm mode with it)" if info.get("LiveRestoreEnabled") else ""
+        return f"swarm: inactive, --runtime swarm needs `docker swarm init`{hint}"
+    if not swarm.get("ControlAvailable"):
+        return "swarm: worker node, --runtime swarm needs a manager"
+    return f"swarm: manager of {swarm.get('Nodes', '?')} node(s), {swarm.get('Managers', '?')} manager(s)"
 
 
 def _docker_host() -> str:

@@ -128,6 +128,19 @@ def gateway(state_dir, **options) -> None:
               help="Replicas per served version (a model's tag mlops.autoserve.replicas overrides).")
 @click.option("--min-ready", type=click.IntRange(min=1), metavar="N",
               help="Replicas that must answer before a route moves to a new version (default: all).")
+@click.option("--min-replicas", type=click.IntRange(1, 32), metavar="N",
+              help="Autoscaling floor per served version (default: --replicas; tag mlops.autoserve.min_replicas overrides).")
+@click.option("--max-replicas", type=click.IntRange(1, 32), metavar="N",
+              help="Autoscaling ceiling per served version (default: the floor, i.e. no autoscaling; tag "
+                   "mlops.autoserve.max_replicas overrides).")
+@click.option("--scale-target-inflight", type=click.FloatRange(min=0), default=_A.scale_target_inflight,
+              show_default=True, help="Requests in flight per replica the autoscaler aims at (0: not used).")
+@click.option("--scale-target-rps", type=click.FloatRange(min=0), default=_A.scale_target_rps, show_default=True,
+              help="Requests per second per replica the autoscaler aims at (0: not used).")
+@click.option("--scale-up-window", type=click.FloatRange(min=0), default=_A.scale_up_window, show_default=True,
+              help="Seconds the load must stay above target before replicas are added.")
+@click.option("--scale-down-cooldown", type=click.FloatRange(min=0), default=_A.scale_down_cooldown,
+              show_default=True, help="Seconds below target, and since the last change, before one replica is removed.")
 @click.option("--env-manager", type=click.Choice(["auto", "local", "uv"]), default=_A.env_manager, show_default=True,
               help="auto: serve from this environment (the image's, with Docker) when it satisfies the version's "
                    "requirements.txt, else from one built from them with uv, once, and cached; local: always "
@@ -155,7 +168,8 @@ def gateway(state_dir, **options) -> None:
                    "otherwise it keeps what it served (state 'blocked').")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
               container_tracking_uri, instance, docker_memory, docker_cpus, watcher_port, no_gateway, gateway_admin_url, port_range, workers,
-              replicas, min_ready, env_manager, env_cache, env_build_timeout, env_max_idle_days, env_max_gb,
+              replicas, min_ready, min_replicas, max_replicas, scale_target_inflight, scale_target_rps,
+              scale_up_window, scale_down_cooldown, env_manager, env_cache, env_build_timeout, env_max_idle_days, env_max_gb,
               ready_timeout, no_smoke_test, webhook_secret, register_webhook,
               webhook_url, state_dir, targets_file, leave_running, environment, **gateway_options) -> None:
     """Serve every registry alias with `mlflow models serve` and follow alias moves.
@@ -173,6 +187,10 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
     host, port = gateway_options["host"], gateway_options["port"]
     if watcher_port in (port, gateway_options["admin_port"]) and not no_gateway:
         raise ValidationError(f"--watcher-port {watcher_port} is also a gateway port; pick another")
+    if min_replicas and max_replicas and max_replicas < min_replicas:
+        raise ValidationError(f"--max-replicas {max_replicas} is below --min-replicas {min_replicas}")
+    if max_replicas and max_replicas > (min_replicas or replicas) and not (scale_target_inflight or scale_target_rps):
+        raise ValidationError("autoscaling needs a target: --scale-target-inflight or --scale-target-rps above 0")
     gateway_settings = _gateway_settings(state_dir, **gateway_options)
     lock = StateLock(state_dir).acquire()  # first: a second watcher on this state dir stops here, in one line
     gateway_process = None if no_gateway else GatewayProcess(gateway_settings, gateway_options["auth_token_file"])
@@ -188,7 +206,10 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         strategy=strategy, runtime=runtime, gateway_host=host, gateway_port=port,
         gateway_admin_url=gateway_admin_url or (gateway_process.admin_url if gateway_process else None),
         control_host=host, control_port=watcher_port, port_range=port_range,
-        workers=workers, replicas=replicas, min_ready=min_ready, env_manager=env_manager, env_cache=env_cache,
+        workers=workers, replicas=replicas, min_ready=min_ready, min_replicas=min_replicas, max_replicas=max_replicas,
+        scale_target_inflight=scale_target_inflight, scale_target_rps=scale_target_rps,
+        scale_up_window=scale_up_window, scale_down_cooldown=scale_down_cooldown, env_manager=env_manager,
+        env_cache=env_cache,
         env_build_timeout=env_build_timeout, env_max_idle_days=env_max_idle_days, env_max_gb=env_max_gb,
         ready_timeout=ready_timeout, smoke_test=not no_smoke_test,
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
@@ -242,7 +263,7 @@ def status(gateway: str, as_json: bool) -> None:
     echo_table(
         ["MODEL", "ALIAS", "VERSION", "STATE", "REPLICAS", "URL", "SINCE", "LAST ERROR"],
         [(e["model"], e["alias"], _v(e["version"]), e["state"] + _wanted(e) + _building(e),
-          f"{e.get('ready_replicas', 0)}/{len(e.get('replicas', []))}", e["url"] or "-", e["since"],
+          f"{e.get('ready_replicas', 0)}/{len(e.get('replicas', []))}" + _scale(e), e["url"] or "-", e["since"],
           e["last_error"] or "") for e in endpoints],
         "nothing is being served",
     )
@@ -264,6 +285,16 @@ def _read_json(url: str, timeout: float, accept, running_hint: str, expected: st
     if not accept(data):
         raise MlopsError(f"{url} answered HTTP {response.status} without {expected}")
     return data
+
+
+def _scale(endpoint: dict) -> str:
+    """`` wants 3 (1-4), up 1 -> 3 12 s ago``: an autoscaled route's count and last decision."""
+    scale = endpoint.get("scale")
+    if not scale:
+        return ""
+    last = scale.get("last")
+    when = f" {scale['seconds_ago']:.0f} s ago" if scale.get("seconds_ago") is not None else ""
+    return f" wants {scale['wanted']} ({scale['min']}-{scale['max']})" + (f", {last.split(':')[0]}{when}" if last else "")
 
 
 def _building(endpoint: dict) -> str:

@@ -31,6 +31,10 @@ log = logging.getLogger("autoserve.desired")
 
 RouteKey = tuple[str, str]  # (model, alias)
 REPLICAS_TAG = "mlops.autoserve.replicas"  # registered-model tag: replicas of every served version
+# Registered-model tags: the autoscaler's floor and ceiling for every served version (override
+# --min-replicas/--max-replicas)
+MIN_REPLICAS_TAG = "mlops.autoserve.min_replicas"
+MAX_REPLICAS_TAG = "mlops.autoserve.max_replicas"
 MAX_REPLICAS = 32
 
 
@@ -38,6 +42,8 @@ MAX_REPLICAS = 32
 class Desired:
     routes: dict[RouteKey, int] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)  # models whose tag overrides --replicas
+    min_replicas: dict[str, int] = field(default_factory=dict)  # models whose tag overrides --min-replicas
+    max_replicas: dict[str, int] = field(default_factory=dict)  # models whose tag overrides --max-replicas
     shadows: dict[RouteKey, Shadow] = field(default_factory=dict)  # (model, mirrored alias) -> its shadow
     rollouts: dict[RouteKey, Rollout] = field(default_factory=dict)  # running rollouts, by (model, alias)
     held: dict[RouteKey, str] = field(default_factory=dict)  # prod: wanted versions that may not serve, and why
@@ -70,11 +76,13 @@ class RegistryReader:
             for shadow in shadows_of(model):
                 if self.settings.wants(model.name, shadow.of) and self.settings.wants(model.name, shadow.alias):
                     desired.shadows[(model.name, shadow.of)] = shadow
-            raw = (model.tags or {}).get(REPLICAS_TAG)
-            if wanted and raw is not None:
-                count = self._replicas(model.name, raw)
-                if count is not None:
-                    desired.replicas[model.name] = count
+            if wanted:
+                for tag, counts in ((REPLICAS_TAG, desired.replicas), (MIN_REPLICAS_TAG, desired.min_replicas),
+                                    (MAX_REPLICAS_TAG, desired.max_replicas)):
+                    raw = (model.tags or {}).get(tag)
+                    count = None if raw is None else self._replicas(model.name, tag, raw)
+                    if count is not None:
+                        counts[model.name] = count
         if self.settings.environment == "prod" and desired.routes:
             self._hold_ungoverned(desired)
         return desired
@@ -93,15 +101,15 @@ class RegistryReader:
             if reason is not None:
                 desired.held[(model, alias)] = reason
 
-    def _replicas(self, model: str, raw: str) -> int | None:
+    def _replicas(self, model: str, tag: str, raw: str) -> int | None:
         try:
             count = int(raw)
             if not 1 <= count <= MAX_REPLICAS:
                 raise ValueError
             return count
         except ValueError:
-            if (model, raw) not in self._warned:  # once per bad value, not every cycle
-                self._warned.add((model, raw))
-                log.warning(f"ignoring tag {REPLICAS_TAG}={raw!r}: expected a whole number 1-{MAX_REPLICAS}",
+            if (model, tag, raw) not in self._warned:  # once per bad value, not every cycle
+                self._warned.add((model, tag, raw))
+                log.warning(f"ignoring tag {tag}={raw!r}: expected a whole number 1-{MAX_REPLICAS}",
                             extra={"model": model})
             return None

@@ -16,7 +16,7 @@ What it holds against (each answer is JSON and counted in ``autoserve_requests_t
   leaves the rotation until its ``GET /ping`` answers again;
 * pooled backend connections kept alive 4 s, under uvicorn's 5 s, so none goes stale.
 
-Admin endpoints (``/endpoints``, ``/inflight``, ``/metrics``) listen on their own port.
+Admin endpoints (``/endpoints``, ``/inflight``, ``/load``, ``/stats``, ``/metrics``) listen on their own port.
 """
 
 from __future__ import annotations
@@ -61,14 +61,19 @@ def error(status: int, message: str, headers: dict | None = None, **fields: obje
 
 
 class _ReplicaState:
-    """What the gateway knows of one backend: in flight, failures in a row, ejected."""
+    """What the gateway knows of one backend: in flight, requests sent, failures in a row, ejected."""
 
-    __slots__ = ("inflight", "failures", "ejected_at")
+    __slots__ = ("inflight", "requests", "failures", "ejected_at")
 
     def __init__(self) -> None:
         self.inflight = 0
+        self.requests = 0  # ever sent (callers' and shadow copies): the watcher's autoscaler takes rates from it
         self.failures = 0
         self.ejected_at: float | None = None
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self.requests += 1
 
 
 class ShadowCopies:
@@ -115,7 +120,7 @@ class ShadowCopies:
             self._count(model, shadow, "error")
             return
         state = self.gateway._state(replica.url)
-        state.inflight += 1
+        state.enter()
         started = time.perf_counter()
         try:
             async with self.gateway.session.post(replica.url + "/invocations", data=body, headers=headers) as resp:
@@ -221,6 +226,7 @@ class Gateway:
         app.add_routes([
             web.get("/endpoints", self.endpoints),
             web.get("/inflight", self.inflight_page),
+            web.get("/load", self.load_page),
             web.get("/stats", self.stats_page),
             web.get("/health", self.health),
             web.get("/metrics", self.metrics_page),
@@ -388,7 +394,7 @@ class Gateway:
                 break
             tried.add(replica.url)
             state = self._state(replica.url)
-            state.inflight += 1
+            state.enter()
             version = str(latest.version if replica in latest.replicas else route.version)
             try:
                 session = self.session if attempt == 0 else self.fresh_session
@@ -468,6 +474,9 @@ class Gateway:
             "canary": None if route.canary is None else {
                 "version": route.canary.version, "percent": route.canary.percent,
                 "replicas": len(route.canary.replicas)},
+            "scale": None if route.scale is None else {
+                "wanted": route.scale.wanted, "min": route.scale.min, "max": route.scale.max, "last": route.scale.last,
+                "seconds_ago": None if route.scale.at is None else round(max(0.0, time.time() - route.scale.at), 1)},
             "building": None if route.building is None else {
                 "version": route.building.version, "env": route.building.env, "progress": route.building.progress,
                 "seconds": round(max(0.0, time.time() - route.building.since), 1)},
@@ -490,6 +499,11 @@ class Gateway:
     async def inflight_page(self, request: web.Request) -> web.Response:
         """Requests in flight per backend URL: what the watcher waits on before stopping one."""
         return web.json_response({url: s.inflight for url, s in self.replicas.items()})
+
+    async def load_page(self, request: web.Request) -> web.Response:
+        """Per backend URL: requests in flight and requests sent so far (a counter): what the
+        watcher's autoscaler samples."""
+        return web.json_response({url: {"inflight": s.inflight, "requests": s.requests} for url, s in self.replicas.items()})
 
     async def health(self, request: web.Request) -> web.Response:
         table = self.table.table

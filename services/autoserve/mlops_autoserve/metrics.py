@@ -32,6 +32,14 @@ class AutoserveMetrics:
         self.deploy_total = Counter(
             "autoserve_deploy", "Deployments started, by result", ["model", "alias", "result"], registry=r
         )
+        self.scale_total = Counter(
+            "autoserve_scale", "Autoscaling decisions, by direction (up, down)", ["model", "version", "direction"],
+            registry=r,
+        )
+        self.replicas_wanted = Gauge(
+            "autoserve_replicas_wanted", "Replicas the autoscaler wants for a served version", ["model", "version"],
+            registry=r,
+        )
         self.switch_duration = Histogram(
             "autoserve_switch_duration_seconds", "Alias seen moved until the new version serves",
             registry=r, buckets=SWITCH_BUCKETS,

@@ -80,6 +80,10 @@ class Inputs:
     wall: float  # unix time
     replicas: Mapping[str, int] = field(default_factory=dict)  # per model; others get default_replicas
     default_replicas: int = 1
+    # Versions the autoscaler gave another count (the model's count above is their floor):
+    # extra replicas start beside the ready ones and leave after draining; the route's
+    # readiness still counts against the floor, so a scale-up never degrades it.
+    scaled: Mapping[DeploymentKey, int] = field(default_factory=dict)
     min_ready: int | None = None  # replicas that must answer before a route moves (None: all)
     pending: frozenset[tuple[DeploymentKey, int]] = frozenset()  # (version, replica) being deployed
     stopping: frozenset[str] = frozenset()  # idents being stopped
@@ -98,13 +102,17 @@ class Plan:
     switched: list[tuple[RouteKey, int | None, int]]  # (route, from version, to version)
 
 
-def wanted_replicas(inputs: Inputs, model: str) -> int:
+def base_replicas(inputs: Inputs, model: str) -> int:
     return max(1, int(inputs.replicas.get(model, inputs.default_replicas)))
 
 
+def wanted_replicas(inputs: Inputs, key: DeploymentKey) -> int:
+    return max(1, int(inputs.scaled.get(key, base_replicas(inputs, key.model))))
+
+
 def needed_ready(inputs: Inputs, model: str) -> int:
-    wanted = wanted_replicas(inputs, model)
-    return wanted if inputs.min_ready is None else max(1, min(inputs.min_ready, wanted))
+    base = base_replicas(inputs, model)
+    return base if inputs.min_ready is None else max(1, min(inputs.min_ready, base))
 
 
 def plan(inputs: Inputs) -> Plan:
@@ -128,7 +136,7 @@ def plan(inputs: Inputs) -> Plan:
         key = DeploymentKey(model, version)
         current = inputs.previous.get(route_key)
         failure = inputs.failures.get(key)
-        wanted = wanted_replicas(inputs, model)
+        wanted = wanted_replicas(inputs, key)
         up = tuple(d for d in ready.get(key, ()) if d.replica < wanted) or tuple(ready.get(key, ()))
         routed_here = current is not None and current.version == version
         if up and (len(up) >= needed_ready(inputs, model) or routed_here):
@@ -177,7 +185,7 @@ def _deploys(inputs: Inputs, live: Mapping[DeploymentKey, list[Deployment]]) -> 
         if failure is not None and inputs.now < failure.retry_at:
             continue
         running = {d.replica for d in live.get(key, ())}
-        for replica in range(wanted_replicas(inputs, key.model)):
+        for replica in range(wanted_replicas(inputs, key)):
             if replica not in running and (key, replica) not in inputs.pending:
                 deploy.append((key, replica, tuple(sorted(aliases[key]))))
     return deploy
@@ -190,7 +198,7 @@ def _retire(inputs: Inputs, routes: Mapping[RouteKey, Route], idle: list[Deploym
     retire, unrouted_since = [], {}
     for deployment in idle:
         needed = deployment.ident in routed or (
-            deployment.key in wanted_versions and deployment.replica < wanted_replicas(inputs, deployment.key.model)
+            deployment.key in wanted_versions and deployment.replica < wanted_replicas(inputs, deployment.key)
         )
         if needed:
             continue

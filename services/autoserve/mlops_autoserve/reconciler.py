@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 
 from mlops_autoserve import planner
+from mlops_autoserve.autoscale import Scaler
 from mlops_autoserve.deployer import Deployer
 from mlops_autoserve.desired import Desired, RegistryReader, RouteKey
 from mlops_autoserve.environments import Build, Environments
@@ -43,6 +44,7 @@ from mlops_autoserve.routetable import (
     Replica,
     RouteEntry,
     RouteTable,
+    ScaleView,
     ShadowTarget,
     TablePublisher,
     table_path,
@@ -118,6 +120,7 @@ class Reconciler:
         self._probed: dict[str, tuple[Verdict, float]] = {}  # ident -> (verdict, monotonic)
         self._thread: threading.Thread | None = None
         self._targets = TargetsFile(settings.targets_file) if settings.targets_file else None
+        self._scaler = Scaler(settings, metrics)
         self.cycles = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -217,9 +220,11 @@ class Reconciler:
             previous = self._routes_from_table(self._seed, observed)
         self._seed = None
         held = self._held(desired, previous)
+        now, wall = time.monotonic(), time.time()
+        floors, scaled = self._scaler.step(desired, observed, now, wall)
         result = planner.plan(planner.Inputs(
-            desired=held.planned, observed=observed, previous=previous, now=time.monotonic(), wall=time.time(),
-            replicas=desired.replicas, default_replicas=self.settings.replicas, min_ready=self.settings.min_ready,
+            desired=held.planned, observed=observed, previous=previous, now=now, wall=wall,
+            replicas=floors, scaled=scaled, default_replicas=self.settings.replicas, min_ready=self.settings.min_ready,
             pending=frozenset(self._pending), stopping=frozenset(self._stopping), failures=self._failures,
             unrouted_since=self._unrouted_since, strategy=self.settings.strategy,
             drain_seconds=self.settings.drain_seconds,
@@ -238,7 +243,7 @@ class Reconciler:
         building = self.environments.building() if self.environments is not None else {}
         self.publisher.publish(tuple(
             _entry(r, _shadow_target(key, desired, result.routes, canaries.get(key)), canaries.get(key),
-                   _build_view(building.get((r.model, r.desired_version))))
+                   _build_view(building.get((r.model, r.desired_version))), self._scaler.view(r.model, r.version))
             for key, r in published.items()))
         self._unrouted_since = result.unrouted_since
         for key, replica, aliases in result.deploy:
@@ -586,9 +591,9 @@ def _replicas(route: Route) -> tuple[Replica, ...]:
 
 
 def _entry(route: Route, shadow: ShadowTarget | None = None, canary: CanaryTarget | None = None,
-           building: EnvBuild | None = None) -> RouteEntry:
+           building: EnvBuild | None = None, scale: ScaleView | None = None) -> RouteEntry:
     return RouteEntry(route.model, route.alias, route.desired_version, route.version, str(route.state), route.since,
-                      route.last_error, _replicas(route), shadow, canary, building)
+                      route.last_error, _replicas(route), shadow, canary, building, scale)
 
 
 def _build_view(build: Build | None) -> EnvBuild | None:

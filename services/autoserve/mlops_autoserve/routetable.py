@@ -59,6 +59,17 @@ class EnvBuild:
 
 
 @dataclass(frozen=True)
+class ScaleView:
+    """The serving version's autoscaling (shown by ``mlops serve status``)."""
+
+    wanted: int
+    min: int
+    max: int
+    last: str | None = None  # the last decision: direction, counts and why
+    at: float | None = None  # unix time of the last decision
+
+
+@dataclass(frozen=True)
 class RouteEntry:
     """Where one (model, alias) goes, as the watcher last decided."""
 
@@ -73,6 +84,7 @@ class RouteEntry:
     shadow: ShadowTarget | None = None
     canary: CanaryTarget | None = None
     building: EnvBuild | None = None
+    scale: ScaleView | None = None
 
 
 _ENTRY_FIELDS = frozenset(RouteEntry.__dataclass_fields__)
@@ -111,7 +123,8 @@ def from_json(text: str) -> RouteTable:
     routes = tuple(  # fields a newer watcher added are ignored: a gateway keeps serving across upgrades
         RouteEntry(**{**{k: v for k, v in r.items() if k in _ENTRY_FIELDS}, "replicas": _replicas(r),
                       "shadow": _shadow(r.get("shadow")), "canary": _canary(r.get("canary")),
-                      "building": EnvBuild(**r["building"]) if r.get("building") else None})
+                      "building": EnvBuild(**r["building"]) if r.get("building") else None,
+                      "scale": ScaleView(**r["scale"]) if r.get("scale") else None})
         for r in data.get("routes", ())
     )
     return RouteTable(int(data["serial"]), float(data.get("published_at", 0.0)), routes)

@@ -52,6 +52,14 @@ class AutoserveSettings:
     ready_timeout: float = 120.0
     replicas: int = 1  # per version; the registered-model tag mlops.autoserve.replicas overrides
     min_ready: int | None = None  # replicas that must answer before a route moves (None: all)
+    # Autoscaling (autoscale.py), per model: off while max_replicas is not above min_replicas.
+    # Registered-model tags mlops.autoserve.min_replicas / max_replicas override both.
+    min_replicas: int | None = None  # floor (None: replicas)
+    max_replicas: int | None = None  # ceiling (None: the floor: no autoscaling)
+    scale_target_inflight: float = 4.0  # requests in flight per replica (0: not used)
+    scale_target_rps: float = 0.0  # requests per second per replica (0: not used)
+    scale_up_window: float = 10.0  # seconds the load stays above target before replicas are added
+    scale_down_cooldown: float = 60.0  # seconds below target, and since the last change, per replica removed
     ping_failures: int = 3  # /ping failures in a row before a ready replica leaves the route
     liveness_window: float = 30.0  # a once-ready replica failing every /ping this long is restarted
     smoke_test: bool = True

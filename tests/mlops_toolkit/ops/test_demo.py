@@ -51,11 +51,26 @@ def _aliases(state: Path) -> dict[str, int]:
     return {alias: int(v) for alias, v in client.get_registered_model("iris").aliases.items()}
 
 
-def test_demo_twice_in_a_row_predicts_and_leaves_nothing_running(tmp_path):
+def test_demo_after_a_killed_run_cleans_up_reuses_its_state_and_leaves_nothing_running(tmp_path):
+    """Two runs on one state folder: the first killed with -9 once it serves (its server,
+    watcher, gateway and deployments live on), the second one stops those, registers three
+    more candidates in the same MLflow state and runs the whole demo."""
     ports = _ports()
-    first = _demo(tmp_path, "--exit-after-smoke", *ports)
-    assert first.returncode == 0, first.stdout + first.stderr
-    out = first.stdout
+    script = Path(sys.executable).parent / "mlops"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([str(script), "demo", *ports], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while "Ready in" not in (tmp_path / "first.log").read_text() and time.monotonic() < deadline:
+        assert first.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)  # no clean-up
+    first.wait()
+
+    second = _demo(tmp_path, "--exit-after-smoke", *ports)
+    assert second.returncode == 0, second.stdout + second.stderr
+    out = second.stdout
+    assert "left by an earlier demo run" in out
+    assert "-> iris v6" in out  # the state was reused: three more candidates registered
     assert re.search(r"prediction from iris@Production \(v\d+\): \[\d, \d\]", out)
     assert re.search(r"prediction from iris@challenger \(v\d+\): \[\d, \d\]", out)
     assert "curl -s -X POST http://127.0.0.1:" in out and "stopped; nothing left running" in out
@@ -74,32 +89,9 @@ def test_demo_twice_in_a_row_predicts_and_leaves_nothing_running(tmp_path):
     state = tmp_path / ".mlops"
     aliases = _aliases(state)
     assert set(aliases) == {"Production", "challenger"}
-    assert aliases["Production"] == aliases["challenger"] == int(moved.group(1))
+    assert aliases["Production"] == aliases["challenger"] == int(moved.group(1)) >= 4
     assert "mlops alias rollback Production --model iris   # back to the gate's champion" in out
     _nothing_left(state, ports)
-
-    second = _demo(tmp_path, "--exit-after-smoke", *ports)  # reuses the state folder
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "-> iris v6" in second.stdout  # three more candidates registered
-    assert _aliases(state)["challenger"] >= 4
-    _nothing_left(state, ports)
-
-
-def test_demo_recovers_from_a_killed_earlier_run(tmp_path):
-    ports = _ports()
-    script = Path(sys.executable).parent / "mlops"
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([str(script), "demo", *ports], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while "Ready in" not in (tmp_path / "first.log").read_text() and time.monotonic() < deadline:
-        assert first.poll() is None, (tmp_path / "first.log").read_text()
-        time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)  # no clean-up: its server, watcher and deployments live on
-    first.wait()
-    second = _demo(tmp_path, "--exit-after-smoke", "--reset", *ports)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "left by an earlier demo run" in second.stdout and "reset: removed" in second.stdout
-    _nothing_left(tmp_path / ".mlops", ports)
 
 
 def test_demo_names_the_process_holding_its_port(tmp_path):
@@ -107,7 +99,11 @@ def test_demo_names_the_process_holding_its_port(tmp_path):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = _demo(tmp_path, "--exit-after-smoke", "--mlflow-port", str(port), timeout=60)
+        stale = tmp_path / ".mlops" / "from-an-earlier-run"
+        stale.parent.mkdir()
+        stale.write_text("")
+        result = _demo(tmp_path, "--exit-after-smoke", "--reset", "--mlflow-port", str(port), timeout=60)
+    assert "reset: removed" in result.stdout and not stale.exists()  # --reset empties the state first
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[-1]] and lines[0].startswith(f"Error: port {port} is in use by pid ")

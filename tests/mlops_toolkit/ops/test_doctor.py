@@ -38,3 +38,14 @@ def test_dead_server_fails_and_skips_dependent_checks():
     assert not results["tracking server"].ok
     assert results["model registry"].detail.startswith("skipped")
     assert not all_required_ok(list(results.values()))
+
+
+def test_swarm_role_says_whether_the_swarm_runtime_can_run_here():
+    from mlops_toolkit.ops.doctor import swarm_role
+
+    assert swarm_role({"Swarm": {"LocalNodeState": "inactive"}, "LiveRestoreEnabled": True}) == (
+        "swarm: inactive, --runtime swarm needs `docker swarm init` (live-restore is on: Docker refuses swarm mode "
+        "with it)")
+    assert swarm_role({"Swarm": {"LocalNodeState": "active", "ControlAvailable": False}}).startswith("swarm: worker")
+    assert swarm_role({"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "Nodes": 3, "Managers": 1}}) == (
+        "swarm: manager of 3 node(s), 1 manager(s)")
