@@ -8,6 +8,7 @@ Dockerfiles use the public python image.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -20,6 +21,13 @@ BASE = "mlops-toolkit/python-base:bookworm"
 # Everything the compose stack runs from a local image on a host without Docker Hub.
 IMAGES = ("serving", "autoserve", "mlflow", "airflow", "offline-postgres", "offline-prometheus",
           "offline-pushgateway", "offline-blackbox", "offline-s3")
+
+
+def compose_env() -> dict[str, str]:
+    """This process's environment for docker-compose, minus the variables a .env file sets:
+    compose lets the shell's value win, so a stray POSTGRES_PASSWORD would hide the file's."""
+    return {k: v for k, v in os.environ.items()
+            if k.isupper() and not k.startswith(("POSTGRES_", "MINIO_", "AIRFLOW_"))}
 
 
 def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

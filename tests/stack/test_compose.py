@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import PG_DSN, need, repo_root
+from tests.stack.conftest import compose_env
 
 ROOT = repo_root()
 STACK = {
@@ -33,9 +34,8 @@ SECRET_NAME = re.compile(r"(PASSWORD|SECRET|_KEY|SQL_ALCHEMY_CONN|APP_DB_URL)(?!
 def compose(*args: str, env_file: str = "env.dev.example") -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     need(binary is not None, "docker-compose is not installed (apt-get install docker-compose)")
-    clean_env = {k: v for k, v in os.environ.items() if k.isupper() and not k.startswith(("POSTGRES_", "MINIO_", "AIRFLOW_"))}
     return subprocess.run([binary, "--env-file", env_file, "-f", "docker-compose.yml", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, env=clean_env)
+                          capture_output=True, text=True, timeout=60, env=compose_env())
 
 
 @pytest.fixture(scope="module")

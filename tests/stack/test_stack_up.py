@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import secrets
 import shutil
@@ -37,7 +36,7 @@ import pytest
 from mlops_toolkit.ops.gateway_client import iris_payload
 from mlops_toolkit.ops.processes import free_port
 from tests.conftest import need, repo_root
-from tests.stack.conftest import docker
+from tests.stack.conftest import compose_env, docker
 
 pytestmark = pytest.mark.slow
 ROOT = repo_root()
@@ -61,10 +60,9 @@ class Stack:
     timings: dict[str, float] = field(default_factory=dict)
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        clean = {k: v for k, v in os.environ.items() if k.isupper() and not k.startswith(("POSTGRES_", "MINIO_", "AIRFLOW_"))}
         return subprocess.run(["docker-compose", "--env-file", str(self.env_file), "-p", self.project,
                                "-f", "docker-compose.yml", "-f", OVERRIDE, *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=clean)
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=compose_env())
 
     def url(self, port_variable: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.env[port_variable]}{path}"

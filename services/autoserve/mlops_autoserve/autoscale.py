@@ -140,16 +140,16 @@ class Autoscaler:
                 state.wanted, state.above_since, state.changed_at = needed, None, now
                 return self._record(state, key, before, f"{mean.describe(before)} over the last "
                                     f"{policy.up_window:g} s: {_targets(policy)}", wall)
-        elif needed < state.wanted and not settled:
-            state.above_since = state.below_since = None
-            state.changed_at = now
         elif needed < state.wanted:
             state.above_since = None
-            state.below_since = now if state.below_since is None else state.below_since
-            if now - state.below_since >= policy.down_cooldown and now - state.changed_at >= policy.down_cooldown:
-                state.wanted, state.below_since, state.changed_at = state.wanted - 1, now, now
-                return self._record(state, key, before, f"{mean.describe(before)} for {policy.down_cooldown:g} s "
-                                    f"needs {needed}: {_targets(policy)}", wall)
+            if not settled:  # the cool-down starts once the added replicas are ready
+                state.below_since, state.changed_at = None, now
+            else:
+                state.below_since = now if state.below_since is None else state.below_since
+                if now - state.below_since >= policy.down_cooldown and now - state.changed_at >= policy.down_cooldown:
+                    state.wanted, state.below_since, state.changed_at = state.wanted - 1, now, now
+                    return self._record(state, key, before, f"{mean.describe(before)} for {policy.down_cooldown:g} s "
+                                        f"needs {needed}: {_targets(policy)}", wall)
         else:
             state.above_since = state.below_since = None
         if state.wanted != before:
