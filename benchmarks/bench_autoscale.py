@@ -5,7 +5,7 @@ up window 3 s, cool-down 4 s). A client sends 80 req/s through the gateway; meas
 the load's start to the third replica ready, and from the load's stop to one replica again,
 with every request's outcome. Repeated per round on a fresh watcher.
 
-    python -m benchmarks.bench_autoscale [--rounds 3] [--docker-image IMAGE]
+    python -m benchmarks.bench_autoscale [--rounds 3] [--docker-image IMAGE] [--swarm-image IMAGE]
 """
 
 from __future__ import annotations
@@ -17,19 +17,25 @@ import time
 from pathlib import Path
 
 import mlops_toolkit as mt
-from benchmarks.support import ServingStack, print_table, write_json
+from benchmarks.support import (
+    Registry,
+    ServingStack,
+    log_iris_versions,
+    print_table,
+    write_json,
+)
 from tests.harness import LoadClient, Watcher, wait_for
+from tests.swarm import swarm_stack
 
 FLAGS = ["--max-replicas", "3", "--scale-target-rps", "30", "--scale-target-inflight", "0", "--scale-up-window", "3",
          "--scale-down-cooldown", "4"]
 RATE = 80
 
 
-def one_round(stack: ServingStack, root: Path, docker_image: str | None) -> dict:
-    extra = ["--runtime", "docker", "--docker-image", docker_image] if docker_image else []
+def one_round(stack: ServingStack | Registry, root: Path, runtime_args: list[str]) -> dict:
     root.mkdir(parents=True, exist_ok=True)
-    watcher = Watcher(stack.server.uri, root / "state", [stack.model], "--aliases", "Production", *FLAGS,
-                      *extra).start()
+    watcher = Watcher(stack.uri, root / "state", [stack.model], "--aliases", "Production", *FLAGS,
+                      *runtime_args).start()
     try:
         mt.set_alias(stack.model, "Production", stack.versions[0])
         ready = lambda n: watcher.endpoints().get("Production", {}).get("ready_replicas") == n  # noqa: E731
@@ -48,19 +54,32 @@ def one_round(stack: ServingStack, root: Path, docker_image: str | None) -> dict
         mt.delete_alias(stack.model, "Production")
 
 
+def rounds(stack: ServingStack | Registry, root: Path, runtime: str, runtime_args: list[str], count: int) -> list[dict]:
+    results = []
+    for i in range(count):
+        results.append(one_round(stack, root / f"{runtime}-{i}", runtime_args))
+        print(f"{runtime} round {i + 1}: {results[-1]}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--docker-image", help="Also measure the Docker runtime with this serving image.")
+    parser.add_argument("--swarm-image", help="Also measure a single-node Docker Swarm with this serving image.")
     args = parser.parse_args()
-    runtimes = {"process": None, **({"docker": args.docker_image} if args.docker_image else {})}
+    runtimes = {"process": [], **({"docker": ["--runtime", "docker", "--docker-image", args.docker_image]}
+                                  if args.docker_image else {})}
     results = {}
     with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=1) as stack:
-        for runtime, image in runtimes.items():
-            results[runtime] = []
-            for i in range(args.rounds):
-                results[runtime].append(one_round(stack, Path(tmp) / f"{runtime}-{i}", image))
-                print(f"{runtime} round {i + 1}: {results[runtime][-1]}", flush=True)
+        for runtime, runtime_args in runtimes.items():
+            results[runtime] = rounds(stack, Path(tmp), runtime, runtime_args, args.rounds)
+    if args.swarm_image:
+        import docker
+
+        with tempfile.TemporaryDirectory() as tmp, swarm_stack(docker.from_env(timeout=30), args.swarm_image) as swarm:
+            registry = Registry(swarm.uri, "bench-iris", log_iris_versions(swarm.uri, "bench-iris", 1))
+            results["swarm"] = rounds(registry, Path(tmp), "swarm", swarm.runtime_args(), args.rounds)
     rows = [[runtime, f"{statistics.median(r['up_s'] for r in rounds):.1f}",
              f"{statistics.median(r['down_s'] for r in rounds):.1f}", sum(r["failed"] for r in rounds),
              sum(r["sent"] for r in rounds)] for runtime, rounds in results.items()]

@@ -5,7 +5,7 @@ blue-green vs recreate (stop old, then start new), each with poll-only (every 10
 with the webhook fast path (real MLflow registry webhook deliveries, signed). Two clients
 run through every switch: closed loop (back to back) and fixed rate (20 req/s).
 
-    python -m benchmarks.bench_promotion [--switches 3]
+    python -m benchmarks.bench_promotion [--switches 3] [--docker-image IMAGE] [--swarm-image IMAGE]
 """
 
 from __future__ import annotations
@@ -19,22 +19,27 @@ from pathlib import Path
 from mlops_autoserve import webhook
 
 import mlops_toolkit as mt
-from benchmarks.support import ServingStack, percentile, print_table, write_json
+from benchmarks.support import (
+    Registry,
+    ServingStack,
+    log_iris_versions,
+    percentile,
+    print_table,
+    write_json,
+)
 from mlops_toolkit.ops.processes import free_port
 from tests.harness import LoadClient, Watcher, wait_for
+from tests.swarm import swarm_stack
 
 SECRET = "bench-webhook-secret"
 CONFIGS = [("blue-green", "poll"), ("blue-green", "webhook"), ("recreate", "poll"), ("recreate", "webhook")]
 
 
-def run_config(stack: ServingStack, root: Path, strategy: str, trigger: str, webhook_port: int, switches: int,
-               docker_image: str | None = None) -> dict:
+def run_config(stack: ServingStack | Registry, root: Path, strategy: str, trigger: str, webhook_port: int,
+               switches: int, runtime: str = "process", runtime_args: tuple[str, ...] = ()) -> dict:
     mt.set_alias(stack.model, "Production", stack.versions[0])
-    extra = ["--strategy", strategy]
-    if docker_image:
-        extra += ["--runtime", "docker", "--docker-image", docker_image]
-    runtime = "docker" if docker_image else "process"
-    watcher = Watcher(stack.server.uri, root / f"{strategy}-{trigger}-{runtime}", [stack.model], *extra,
+    extra = ["--strategy", strategy, *runtime_args]
+    watcher = Watcher(stack.uri, root / f"{strategy}-{trigger}-{runtime}", [stack.model], *extra,
                       poll_interval=10.0, secret=SECRET if trigger == "webhook" else None,
                       watcher_port=webhook_port if trigger == "webhook" else None).start()
     latencies, lost_closed, lost_rate = [], [], []
@@ -64,10 +69,24 @@ def run_config(stack: ServingStack, root: Path, strategy: str, trigger: str, web
     }
 
 
+def swarm_config(image: str, switches: int) -> dict:
+    """Blue/green on the Swarm runtime: the registry is an MLflow server on the swarm's
+    network (tasks cannot reach the host's loopback), so the alias moves are polled, not
+    pushed by webhook."""
+    import docker
+
+    client = docker.from_env(timeout=30)
+    with tempfile.TemporaryDirectory() as tmp, swarm_stack(client, image) as stack:
+        registry = Registry(stack.uri, "bench-iris", log_iris_versions(stack.uri, "bench-iris", 3))
+        return run_config(registry, Path(tmp), "blue-green", "poll", 0, switches, "swarm", tuple(stack.runtime_args()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--switches", type=int, default=3)
     parser.add_argument("--docker-image", help="Also run blue-green on the Docker runtime with this serving image.")
+    parser.add_argument("--swarm-image", help="Also run blue-green (poll) on a single-node Docker Swarm with this "
+                        "serving image (root: the engine is switched to swarm mode and back).")
     parser.add_argument("--only-docker", action="store_true", help="Skip the process-runtime configurations.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=3, webhooks=True) as stack:
@@ -78,8 +97,11 @@ def main() -> None:
             run_config(stack, Path(tmp), s, t, webhook_port, args.switches) for s, t in CONFIGS
         ]
         if args.docker_image:
-            results += [run_config(stack, Path(tmp), "blue-green", t, webhook_port, args.switches, args.docker_image)
+            docker = ("--runtime", "docker", "--docker-image", args.docker_image)
+            results += [run_config(stack, Path(tmp), "blue-green", t, webhook_port, args.switches, "docker", docker)
                         for t in ("poll", "webhook")]
+    if args.swarm_image:
+        results.append(swarm_config(args.swarm_image, args.switches))
     print(f"\nAlias moved {args.switches} times per configuration under load (closed loop + 20 req/s)")
     print_table(
         ["runtime", "strategy", "trigger", "alias->serving p50 s", "p95 s", "failed (closed)", "failed (20/s)", "sent"],

@@ -5,12 +5,14 @@ back to back). For every fault: requests sent, failed, and the time from the fau
 first good answer after the last failure.
 
     python -m benchmarks.faults [--outage 60] [--hang 30] [--request-timeout 5]
-                                [--docker-image IMAGE]
+                                [--docker-image IMAGE] [--swarm-image IMAGE]
 
 With ``--docker-image IMAGE`` (see ``make images``) a Docker-runtime watcher also runs and
 the Docker daemon is restarted under load (root; systemd's ``docker`` service when it runs
 one, else the running ``dockerd`` is stopped and started again with its command line). The
 daemon should run with live-restore (``{"live-restore": true}`` in /etc/docker/daemon.json).
+With ``--swarm-image IMAGE`` the engine then becomes a single-node swarm (and is put back):
+one task's container is killed, then the watcher, under load.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 import mlops_toolkit as mt
-from benchmarks.support import ServingStack, print_table, write_json
+from benchmarks.support import ServingStack, log_iris_versions, print_table, write_json
 from tests.harness import (
     LoadClient,
     Watcher,
@@ -32,6 +34,7 @@ from tests.harness import (
     restart_docker_daemon,
     wait_for,
 )
+from tests.swarm import swarm_stack
 
 REPLICAS = 2
 
@@ -112,12 +115,54 @@ def docker_daemon_fault(stack: ServingStack, root: Path, image: str, version: in
         watcher.stop()
 
 
+def swarm_faults(image: str) -> list[dict]:
+    """One task's container killed, and the watcher killed, on a single-node Docker Swarm."""
+    import docker
+
+    client = docker.from_env(timeout=30)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, swarm_stack(client, image) as stack:
+        model = "bench-iris"
+        [version] = log_iris_versions(stack.uri, model, 1)
+        mt.set_alias(model, "Production", version)
+        watcher = stack.watcher(Path(tmp) / "swarm", [model], "--replicas", str(REPLICAS), poll_interval=2.0).start()
+        path = f"/serve/{model}/Production/invocations"
+        try:
+            wait_for(lambda: all_ready(watcher), 180, what="two swarm tasks ready")
+            [service] = stack.services()
+            with LoadClient(watcher.port, path) as load:
+                time.sleep(2)
+                killed = time.monotonic()
+                task = stack.running_tasks(service)[0]
+                client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"]).kill()
+                wait_for(lambda: task["ID"] not in {t["ID"] for t in stack.running_tasks(service)} and all_ready(watcher),
+                         120, what="task replaced")
+                time.sleep(2)
+            results.append(row("Swarm: one task killed (kill -9)", load, killed,
+                               "the other task answers; Swarm starts a new task"))
+            with LoadClient(watcher.port, path) as load:
+                time.sleep(2)
+                killed = time.monotonic()
+                watcher.stop(signal.SIGKILL)
+                time.sleep(10)
+                watcher.start()
+                wait_for(lambda: all_ready(watcher), 60, what="adopted")
+                time.sleep(2)
+            same = "service adopted, not recreated" if [s.id for s in stack.services()] == [service.id] else "RECREATED"
+            results.append(row("Swarm: watcher kill -9, restarted 10 s later", load, killed, same))
+        finally:
+            watcher.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outage", type=float, default=60.0, help="Seconds the tracking server stays down.")
     parser.add_argument("--hang", type=float, default=30.0, help="Seconds one replica stays SIGSTOPped.")
     parser.add_argument("--request-timeout", type=float, default=5.0, help="The gateway's --request-timeout.")
     parser.add_argument("--docker-image", help="Serving image: also restart the Docker daemon under load.")
+    parser.add_argument("--swarm-image", help="Serving image: also kill a task and the watcher on a single-node "
+                        "Docker Swarm (the engine is switched to swarm mode and back).")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=2) as stack:
@@ -210,6 +255,8 @@ def main() -> None:
     if not args.docker_image:
         results.append({"fault": "Docker daemon restarted", "sent": None, "failed": None, "recovery_s": None,
                         "note": "not run: pass --docker-image"})
+    if args.swarm_image:
+        results += swarm_faults(args.swarm_image)
     print(f"\nFault suite ({REPLICAS} replicas; closed-loop client through the gateway)")
     print_table(["fault", "sent", "failed", "recovery s", "note"],
                 [[r["fault"], r["sent"] if r["sent"] is not None else "-", r["failed"] if r["failed"] is not None else "-",

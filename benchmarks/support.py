@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,32 @@ WEBHOOK_SERVER_ENV = {  # an MLflow server delivers registry webhooks to loopbac
 }
 
 
+def log_iris_versions(uri: str, model: str, count: int) -> list[int]:
+    """``count`` real iris versions of ``model`` (a different C each) on the server at ``uri``."""
+    from sklearn.linear_model import LogisticRegression
+
+    import mlops_toolkit as mt
+    from mlops_toolkit.batch.training import load_iris_split
+
+    mt.configure(tracking_uri=uri, experiment="bench")
+    X_train, X_val, y_train, _ = load_iris_split()
+    versions = []
+    for i in range(count):
+        with mt.start_run(f"v{i + 1}") as run:
+            fitted = LogisticRegression(C=0.5 + i, max_iter=500).fit(X_train, y_train)
+            versions.append(run.log_model(fitted, register_as=model, input_example=X_val.head(3)))
+    return versions
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A tracking server and the versions of one model on it (what a benchmark moves aliases between)."""
+
+    uri: str
+    model: str
+    versions: list[int]
+
+
 class ServingStack:
     """A local MLflow server (SQLite) with one iris model logged as N real versions."""
 
@@ -41,8 +68,6 @@ class ServingStack:
         self.versions: list[int] = []
 
     def __enter__(self) -> ServingStack:
-        import mlops_toolkit as mt
-        from mlops_toolkit.batch.training import load_iris_split
         from mlops_toolkit.ops.local_server import LocalMlflowServer
 
         env = dict(WEBHOOK_SERVER_ENV) if self.webhooks else {}
@@ -52,15 +77,12 @@ class ServingStack:
             env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
         self.server = LocalMlflowServer(f"sqlite:///{self.root / 'mlflow.db'}", self.root / "artifacts",
                                         extra_env=env).start()
-        mt.configure(tracking_uri=self.server.uri, experiment="bench")
-        X_train, X_val, y_train, _ = load_iris_split()
-        from sklearn.linear_model import LogisticRegression
-
-        for i in range(self.n_versions):
-            with mt.start_run(f"v{i + 1}") as run:
-                model = LogisticRegression(C=0.5 + i, max_iter=500).fit(X_train, y_train)
-                self.versions.append(run.log_model(model, register_as=self.model, input_example=X_val.head(3)))
+        self.versions = log_iris_versions(self.server.uri, self.model, self.n_versions)
         return self
+
+    @property
+    def uri(self) -> str:
+        return self.server.uri
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop()

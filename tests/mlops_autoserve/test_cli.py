@@ -59,6 +59,9 @@ def test_autoserve_rejects_bad_options(mlops_script, tracking_uri):
     assert bad_range.returncode == 2 and "expected LOW-HIGH" in bad_range.stderr
     bad_strategy = mlops_script("autoserve", "--strategy", "yolo")
     assert bad_strategy.returncode == 2 and "'yolo' is not one of" in bad_strategy.stderr
+    bad_size = mlops_script("autoserve", "--runtime", "swarm", "--swarm-reserve-memory", "lots")
+    assert bad_size.returncode == 2
+    assert_one_line_error(bad_size.stderr, "--swarm-reserve-memory 'lots' is not a size like 512m or 2g")
 
 
 def test_autoserve_rejects_a_targets_file_it_cannot_write(mlops_script, tmp_path):

@@ -20,7 +20,7 @@ from mlops_autoserve.routetable import (
     read,
     table_path,
 )
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health
+from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Endpoint, Health
 from mlops_autoserve.settings import AutoserveSettings
 
 M = "iris"
@@ -222,3 +222,42 @@ def test_prod_keeps_an_alias_on_what_it_served_until_the_wanted_version_is_appro
     reconciler.reconcile_once()
     assert [key.version for key, _ in runtime.started] == [2]  # the move goes ahead (blue/green)
     assert read(table_path(tmp_path)).get(model, "Production").state == "switching"
+
+
+class ReplicatingRuntime(FakeRuntime):
+    """A runtime that keeps each version's copies itself, like Swarm: one deployment per
+    version, its running copies as endpoints, the counts handed over by ``want``."""
+
+    manages_replicas = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wanted: list[dict[DeploymentKey, int]] = []
+
+    def want(self, counts, floors) -> None:
+        self.wanted.append(dict(counts))
+
+    def start(self, key, aliases=(), replica=0, env=None) -> Deployment:
+        """Ready at once with three running copies."""
+        started = super().start(key, aliases, replica, env)
+        self.running[started.ident] = Deployment(key, started.url, started.ident, started.started_at, endpoints=tuple(
+            Endpoint(f"http://127.0.0.1:{19000 + i}", f"task-{i}", i) for i in range(3)))
+        self.health_of[started.ident] = Health.READY
+        return self.running[started.ident]
+
+
+def test_a_runtime_that_keeps_the_replicas_gets_the_counts_and_one_deployment_per_version(tmp_path):
+    runtime = ReplicatingRuntime()
+    desired = Desired({(M, "Production"): 1})
+    desired.replicas[M] = 3
+    reconciler = _reconciler(tmp_path, runtime, FakeReader(desired))
+    reconciler.reconcile_once()
+    for pending in list(reconciler._pending.values()):
+        pending.result(5)
+    assert runtime.started == [(DeploymentKey(M, 1), 0)]  # one deployment, not three
+    assert runtime.wanted[-1] == {DeploymentKey(M, 1): 3}
+    reconciler.reconcile_once()
+    route = read(table_path(tmp_path)).get(M, "Production")
+    assert route.state == "ready" and [(r.url, r.ident) for r in route.replicas] == [
+        (f"http://127.0.0.1:{19000 + i}", f"task-{i}") for i in range(3)]  # the gateway balances over the copies
+    assert runtime.started == [(DeploymentKey(M, 1), 0)] and runtime.stopped == []

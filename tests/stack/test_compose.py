@@ -340,3 +340,21 @@ def test_only_the_watcher_holds_the_docker_socket(config):
     holders = [name for name, service in config["services"].items()
                if any("docker.sock" in str(volume) for volume in service.get("volumes", []))]
     assert holders == ["mlflow-autoserve"]
+
+
+def test_the_swarm_override_puts_the_stack_on_an_external_overlay_and_the_watcher_on_swarm():
+    """docker-compose.swarm.yml with AUTOSERVE_RUNTIME=swarm: what docs/CLUSTER.md runs on a manager."""
+    from mlops_autoserve.cli import autoserve
+
+    binary = shutil.which("docker-compose")
+    need(binary is not None, "docker-compose is not installed (apt-get install docker-compose)")
+    result = subprocess.run([binary, "--env-file", "env.dev.example", "-f", "docker-compose.yml", "-f",
+                             "docker-compose.swarm.yml", "config"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env={**compose_env(), "AUTOSERVE_RUNTIME": "swarm"})
+    assert result.returncode == 0, result.stderr
+    swarm = yaml.safe_load(result.stdout)
+    assert swarm["networks"]["default"] == {"external": True, "name": "mlops"}
+    args = swarm["services"]["mlflow-autoserve"]["command"]
+    context = autoserve.make_context("autoserve", ["--runtime", "docker", *args], **MLOPS_CONTEXT)  # the image's entrypoint first
+    assert context.params["runtime"] == "swarm" and context.params["docker_network"] == "mlops"
+    assert not context.params["docker_publish"]  # the gateway, on the overlay, calls each task's address

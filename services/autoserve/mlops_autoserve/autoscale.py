@@ -14,7 +14,7 @@ gateway counts them per replica (``GET /load``). Up fast, down slowly:
 
 The decision is a pure function of the samples and the clock (:meth:`Autoscaler.decide`),
 so its rules are tested in milliseconds; the reconciler feeds it and turns the counts into
-replicas on whatever runtime serves (processes, containers).
+replicas on whatever runtime serves (processes, containers, a Swarm service's tasks).
 """
 
 from __future__ import annotations
@@ -227,13 +227,13 @@ class Scaler:
         scaling = {key for key in versions if self.policies[key.model].enabled}
         loads: dict[DeploymentKey, Load] = {}
         if scaling:
-            urls = {key: [d.url for d, _ in observed if d.key == key] for key in scaling}
+            urls = {key: [e.url for d, _ in observed if d.key == key for e in d.serving()] for key in scaling}
             figures = self._gateway_load()
             if figures is not None:
                 loads = self.meter.measure(figures, urls, now)
         scaled = {}
         for key in sorted(scaling):
-            ready = sum(1 for d, is_ready in observed if d.key == key and is_ready)
+            ready = sum(len(d.serving()) for d, is_ready in observed if d.key == key and is_ready)
             wanted = self.autoscaler.wanted(key) or self.policies[key.model].min_replicas
             settled = ready >= wanted
             decision = self.autoscaler.decide(key, self.policies[key.model], loads.get(key), now, wall, settled)

@@ -104,8 +104,9 @@ def gateway(state_dir, **options) -> None:
 @click.option("--models", callback=_csv, metavar="M,N", help="Only these registered models (default: all).")
 @click.option("--poll-interval", type=click.FloatRange(min=0.1), default=_A.poll_interval, show_default=True, help="Seconds between registry reads.")
 @click.option("--strategy", type=click.Choice(["blue-green", "recreate"]), default=_A.strategy, show_default=True)
-@click.option("--runtime", type=click.Choice(["process", "docker"]), default=_A.runtime, show_default=True,
-              help="Local processes, or Docker containers of --docker-image.")
+@click.option("--runtime", type=click.Choice(["process", "docker", "swarm"]), default=_A.runtime, show_default=True,
+              help="Local processes, Docker containers of --docker-image, or one Docker Swarm service per version "
+                   "(its replicas Swarm's tasks; the engine must be a swarm manager).")
 @click.option("--docker-image", default=_D.image, show_default=True, metavar="IMAGE")
 @click.option("--docker-network", default=_D.network, show_default=True, metavar="NAME",
               help="'host', or a network where the gateway reaches containers by name.")
@@ -116,6 +117,12 @@ def gateway(state_dir, **options) -> None:
               help="Memory limit of each serving container (e.g. 512m, 2g).")
 @click.option("--docker-cpus", type=click.FloatRange(min=0.01), default=_D.cpus, show_default=True,
               help="CPU limit of each serving container.")
+@click.option("--swarm-reserve-memory", default=_D.reserve_memory, show_default=True, metavar="SIZE",
+              help="Memory Swarm reserves for each task (a node without it free gets no task).")
+@click.option("--swarm-reserve-cpus", type=click.FloatRange(min=0), default=_D.reserve_cpus, show_default=True,
+              help="CPUs Swarm reserves for each task.")
+@click.option("--swarm-constraint", "swarm_constraints", multiple=True, metavar="EXPR",
+              help="Placement constraint of every serving task, e.g. node.labels.serving==true (repeatable).")
 @_gateway_options
 @click.option("--watcher-port", type=click.IntRange(1, 65535), default=_A.control_port, show_default=True,
               help="The watcher's own /health, /metrics and /webhooks/mlflow (on --host).")
@@ -167,7 +174,8 @@ def gateway(state_dir, **options) -> None:
               help="$MLOPS_ENVIRONMENT. In prod an alias is routed only to an approved, unblocked version; "
                    "otherwise it keeps what it served (state 'blocked').")
 def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, docker_network, docker_publish,
-              container_tracking_uri, instance, docker_memory, docker_cpus, watcher_port, no_gateway, gateway_admin_url, port_range, workers,
+              container_tracking_uri, instance, docker_memory, docker_cpus, swarm_reserve_memory,
+              swarm_reserve_cpus, swarm_constraints, watcher_port, no_gateway, gateway_admin_url, port_range, workers,
               replicas, min_ready, min_replicas, max_replicas, scale_target_inflight, scale_target_rps,
               scale_up_window, scale_down_cooldown, env_manager, env_cache, env_build_timeout, env_max_idle_days, env_max_gb,
               ready_timeout, no_smoke_test, webhook_secret, register_webhook,
@@ -191,6 +199,8 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         raise ValidationError(f"--max-replicas {max_replicas} is below --min-replicas {min_replicas}")
     if max_replicas and max_replicas > (min_replicas or replicas) and not (scale_target_inflight or scale_target_rps):
         raise ValidationError("autoscaling needs a target: --scale-target-inflight or --scale-target-rps above 0")
+    if runtime == "swarm":
+        _check_sizes(("--docker-memory", docker_memory), ("--swarm-reserve-memory", swarm_reserve_memory))
     gateway_settings = _gateway_settings(state_dir, **gateway_options)
     lock = StateLock(state_dir).acquire()  # first: a second watcher on this state dir stops here, in one line
     gateway_process = None if no_gateway else GatewayProcess(gateway_settings, gateway_options["auth_token_file"])
@@ -215,7 +225,8 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
         webhook_secret=webhook_secret or None, state_dir=state_dir, leave_running=leave_running,
         docker=DockerSettings(image=docker_image, network=docker_network, publish=docker_publish,
                               container_tracking_uri=container_tracking_uri, instance=instance,
-                              memory=docker_memory, cpus=docker_cpus),
+                              memory=docker_memory, cpus=docker_cpus, reserve_memory=swarm_reserve_memory,
+                              reserve_cpus=swarm_reserve_cpus, constraints=tuple(swarm_constraints)),
         targets_file=targets_file, environment=environment,
     )
     if register_webhook:
@@ -226,6 +237,17 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
             raise MlopsError(f"could not register the webhook at {tracking_uri}: {exc}") from None
         click.echo(f"webhook {webhook_id} -> {url}", err=True)
     service.run(settings, gateway_process, lock)
+
+
+def _check_sizes(*flags: tuple[str, str]) -> None:
+    from mlops_autoserve.runtime.swarm import size_bytes
+    from mlops_toolkit.errors import ValidationError
+
+    for flag, size in flags:
+        try:
+            size_bytes(size)
+        except (ValueError, IndexError):
+            raise ValidationError(f"{flag} {size!r} is not a size like 512m or 2g") from None
 
 
 def _check_writable(path: Path) -> None:

@@ -59,7 +59,7 @@ class Deployer:
                 raise DeployError(f"{deployment.key}: watcher is shutting down")
             health = self.runtime.health(deployment)
             if health is Health.DEAD:
-                raise DeployError(f"{deployment.key}: serve process exited before it was ready{_log_tail(deployment)}")
+                raise DeployError(f"{deployment.key}: serve process exited before it was ready{self._last_words(deployment)}")
             return health is Health.READY
 
         try:
@@ -67,17 +67,32 @@ class Deployer:
         except WaitTimeout:
             raise DeployError(f"{deployment.key}: not ready after {self.settings.ready_timeout:.0f} s") from None
 
+    def _last_words(self, deployment: Deployment) -> str:
+        """Why it died: its log file, or what a runtime that keeps the logs itself says (Swarm)."""
+        tail = _log_tail(deployment)
+        if not tail and hasattr(self.runtime, "output"):
+            tail = last_words(self.runtime.output(deployment))
+        return tail
+
     def _smoke_test(self, deployment: Deployment) -> None:
         payload = input_example(self.settings.tracking_uri, deployment.key)
         if payload is None:
             return  # logged without an input example: /ping is all we can check
-        try:
-            response = http.request("POST", f"{deployment.url}/invocations", data=payload,
-                                    headers={"Content-Type": "application/json"}, timeout=30)
-        except http.Unreachable as exc:
-            raise DeployError(f"{deployment.key}: smoke test failed: {exc.reason}") from None
-        if not response.ok:
-            raise DeployError(f"{deployment.key}: smoke test got HTTP {response.status}: {response.text(300)}")
+        for endpoint in self._current(deployment).serving():
+            try:
+                response = http.request("POST", f"{endpoint.url}/invocations", data=payload,
+                                        headers={"Content-Type": "application/json"}, timeout=30)
+            except http.Unreachable as exc:
+                raise DeployError(f"{deployment.key}: smoke test failed: {exc.reason}") from None
+            if not response.ok:
+                raise DeployError(f"{deployment.key}: smoke test got HTTP {response.status}: {response.text(300)}")
+
+    def _current(self, deployment: Deployment) -> Deployment:
+        """As the runtime sees it now: copies a runtime keeps itself (Swarm tasks) were only
+        known once they ran, after ``start`` returned."""
+        if deployment.endpoints is None:
+            return deployment
+        return next((d for d in self.runtime.list() if d.ident == deployment.ident), deployment)
 
 
 def input_example(tracking_uri: str, key: DeploymentKey) -> bytes | None:
@@ -97,16 +112,21 @@ def input_example(tracking_uri: str, key: DeploymentKey) -> bytes | None:
         return Path(path).read_bytes()
 
 
-def _log_tail(deployment: Deployment, lines: int = 2) -> str:
-    """The serve process's last words, led by the Python exception it died of (the line that
-    says why: ``ModuleNotFoundError: No module named 'lightgbm'``), when there is one."""
+def _log_tail(deployment: Deployment) -> str:
+    """The serve process's last words (processes: its log file)."""
     log = deployment.log_path
     if not log:
         return ""
     try:
-        output = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+        return last_words(Path(log).read_text(errors="replace").splitlines())
     except OSError:
         return ""
+
+
+def last_words(output: list[str], lines: int = 2) -> str:
+    """A dead server's last lines, led by the Python exception it died of (the line that says
+    why: ``ModuleNotFoundError: No module named 'lightgbm'``), when there is one."""
+    output = [line.strip() for line in output if line.strip()]
     exceptions = [line for line in output if _EXCEPTION_LINE.match(line)]
     picked = list(dict.fromkeys(exceptions[-1:] + output[-lines:]))
     return ": " + " | ".join(line[:200] for line in picked) if picked else ""

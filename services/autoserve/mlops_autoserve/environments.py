@@ -63,7 +63,7 @@ class Environments:
     @classmethod
     def for_runtime(cls, settings: AutoserveSettings, metrics: AutoserveMetrics, runtime) -> Environments:
         cache = settings.env_cache or settings.state_dir / "envs"
-        if settings.runtime == "docker":
+        if settings.runtime in ("docker", "swarm"):  # an image derived from the serving one
             store = DockerEnvs(runtime.client, settings.docker.image, cache, settings.env_build_timeout)
         else:
             store = ProcessEnvs(cache, settings.env_build_timeout)

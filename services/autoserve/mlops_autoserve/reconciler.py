@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -222,9 +223,15 @@ class Reconciler:
         held = self._held(desired, previous)
         now, wall = time.monotonic(), time.time()
         floors, scaled = self._scaler.step(desired, observed, now, wall)
+        default_replicas = self.settings.replicas
+        if getattr(self.runtime, "manages_replicas", False):
+            # One deployment per version (a Swarm service): the runtime keeps its copies.
+            self.runtime.want({DeploymentKey(m, v): scaled.get(DeploymentKey(m, v), floors.get(m, default_replicas))
+                               for (m, _), v in held.planned.items()}, floors)
+            floors, scaled, default_replicas = {}, {}, 1
         result = planner.plan(planner.Inputs(
             desired=held.planned, observed=observed, previous=previous, now=now, wall=wall,
-            replicas=floors, scaled=scaled, default_replicas=self.settings.replicas, min_ready=self.settings.min_ready,
+            replicas=floors, scaled=scaled, default_replicas=default_replicas, min_ready=self.settings.min_ready,
             pending=frozenset(self._pending), stopping=frozenset(self._stopping), failures=self._failures,
             unrouted_since=self._unrouted_since, strategy=self.settings.strategy,
             drain_seconds=self.settings.drain_seconds,
@@ -361,7 +368,7 @@ class Reconciler:
             return 0
         inflight = http.get_json(f"{url.rstrip('/')}/inflight", timeout=1)
         try:
-            return int(inflight.get(deployment.url, 0)) if isinstance(inflight, dict) else 0
+            return sum(int(inflight.get(e.url, 0)) for e in deployment.serving()) if isinstance(inflight, dict) else 0
         except (TypeError, ValueError):
             return 0
 
@@ -371,7 +378,7 @@ class Reconciler:
         canaries = {}
         for (model, alias), rollout in desired.rollouts.items():
             key = DeploymentKey(model, rollout.candidate)
-            replicas = tuple(Replica(d.url, d.ident, d.replica) for d, ready in observed if ready and d.key == key)
+            replicas = _replicas(d for d, ready in observed if ready and d.key == key)
             canaries[(model, alias)] = CanaryTarget(rollout.candidate, rollout.percent, replicas)
             self.metrics.rollout_percent.labels(model, alias, str(rollout.candidate)).set(
                 rollout.percent if replicas else 0)
@@ -586,14 +593,15 @@ class Held:
         return replace(route, desired_version=version, state=RouteState.BLOCKED, last_error=reason)
 
 
-def _replicas(route: Route) -> tuple[Replica, ...]:
-    return tuple(Replica(d.url, d.ident, d.replica) for d in route.deployments)
+def _replicas(deployments: Iterable[Deployment]) -> tuple[Replica, ...]:
+    """What the gateway balances over: every running copy of each deployment."""
+    return tuple(Replica(e.url, e.ident, e.index) for d in deployments for e in d.serving())
 
 
 def _entry(route: Route, shadow: ShadowTarget | None = None, canary: CanaryTarget | None = None,
            building: EnvBuild | None = None, scale: ScaleView | None = None) -> RouteEntry:
     return RouteEntry(route.model, route.alias, route.desired_version, route.version, str(route.state), route.since,
-                      route.last_error, _replicas(route), shadow, canary, building, scale)
+                      route.last_error, _replicas(route.deployments), shadow, canary, building, scale)
 
 
 def _build_view(build: Build | None) -> EnvBuild | None:
@@ -617,7 +625,7 @@ def _shadow_target(key: RouteKey, desired: Desired, routes: dict[RouteKey, Route
     target = routes.get((key[0], shadow.alias)) if shadow else None
     if shadow is None or target is None or not target.deployments:
         return None
-    return ShadowTarget(shadow.alias, target.version, shadow.percent, shadow.compare, _replicas(target))
+    return ShadowTarget(shadow.alias, target.version, shadow.percent, shadow.compare, _replicas(target.deployments))
 
 
 def _fields(item: DeploymentKey | Deployment) -> dict:

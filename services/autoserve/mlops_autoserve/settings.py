@@ -12,7 +12,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class DockerSettings:
-    """The Docker runtime's own settings (``--runtime docker``)."""
+    """The Docker and Swarm runtimes' own settings (``--runtime docker|swarm``)."""
 
     image: str = "mlops-toolkit/serving:latest"
     network: str = "host"  # or a compose network, reached as http://<container>:8080
@@ -21,6 +21,10 @@ class DockerSettings:
     instance: str | None = None  # owner label of the containers (default: from state_dir)
     memory: str = "2g"  # per serving container (docker's mem_limit); a runaway model cannot starve the host
     cpus: float = 1.0  # per serving container
+    # Swarm only (--runtime swarm): what the scheduler reserves per task, and where tasks may run.
+    reserve_memory: str = "256m"
+    reserve_cpus: float = 0.25
+    constraints: tuple[str, ...] = ()  # e.g. "node.labels.serving==true"
 
 
 @dataclass(frozen=True)

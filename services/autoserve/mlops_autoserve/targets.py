@@ -32,7 +32,7 @@ class _Routed(Protocol):
 def file_sd_groups(routes: Iterable[_Routed]) -> list[dict]:
     """One target group per routed (model, alias): every ready replica's /ping URL plus labels."""
     groups = [
-        {"targets": [f"{d.url}/ping" for d in route.deployments],
+        {"targets": [f"{e.url}/ping" for d in route.deployments for e in d.serving()],
          "labels": {"model": route.model, "alias": route.alias, "version": str(route.version)}}
         for route in routes
         if route.deployments

@@ -1,4 +1,4 @@
-"""Runtimes run deployments: local processes now, Docker containers next, a cluster later.
+"""Runtimes run deployments: local processes, Docker containers, or Docker Swarm services.
 
 The reconciler only uses the :class:`~mlops_autoserve.runtime.base.Runtime` surface:
 ``list``, ``start``, ``health`` and ``stop``.
@@ -18,4 +18,8 @@ def create_runtime(settings) -> Runtime:
         from mlops_autoserve.runtime.docker import DockerRuntime
 
         return DockerRuntime(settings)
-    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process, docker)")
+    if settings.runtime == "swarm":
+        from mlops_autoserve.runtime.swarm import SwarmRuntime
+
+        return SwarmRuntime(settings)
+    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process, docker, swarm)")

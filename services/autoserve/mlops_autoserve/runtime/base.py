@@ -26,6 +26,16 @@ class DeploymentKey:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """One copy of a deployment that answers requests: the deployment itself, or one task of
+    a deployment whose copies the runtime keeps (a Swarm service's tasks)."""
+
+    url: str
+    ident: str  # pid, container id or task id
+    index: int = 0
+
+
+@dataclass(frozen=True)
 class Deployment:
     key: DeploymentKey
     url: str  # base URL: {url}/ping, {url}/invocations
@@ -40,6 +50,14 @@ class Deployment:
     record_path: str | None = field(default=None, compare=False)  # its record in the state dir (processes)
     tmp_dir: str | None = field(default=None, compare=False)  # its own TMPDIR, removed on stop (processes)
     env: str | None = field(default=None, compare=False)  # key of the built environment it runs in (None: the serving one)
+    # Its running copies, when the runtime keeps them itself (Swarm: the service's healthy tasks).
+    endpoints: tuple[Endpoint, ...] | None = field(default=None, compare=False)
+
+    def serving(self) -> tuple[Endpoint, ...]:
+        """Where its requests go: each running copy, or the deployment itself."""
+        if self.endpoints is None:
+            return (Endpoint(self.url, self.ident, self.replica),)
+        return self.endpoints
 
 
 class Health(enum.Enum):

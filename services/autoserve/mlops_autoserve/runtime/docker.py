@@ -43,6 +43,43 @@ def instance_id(settings: AutoserveSettings) -> str:
     return hashlib.sha1(str(settings.state_dir.resolve()).encode()).hexdigest()[:10]
 
 
+def serve_command(key: DeploymentKey, host: str, port: int, workers: int) -> list[str]:
+    """The serving container's command: the version by number (an alias is resolved once, at start)."""
+    return ["mlflow", "models", "serve", "-m", f"models:/{key.model}/{key.version}", "--env-manager", "local",
+            "-h", host, "-p", str(port), "-w", str(workers)]
+
+
+def serving_environment(settings: AutoserveSettings) -> dict[str, str]:
+    """The registry as the container sees it, and the artifact store's credentials when set."""
+    return {"MLFLOW_TRACKING_URI": settings.docker.container_tracking_uri or settings.tracking_uri,
+            **{name: os.environ[name] for name in ARTIFACT_ENV if os.environ.get(name)}}
+
+
+def require_local_image(client, image: str) -> None:
+    """Fail the deploy in one line when the image is not on the engine: never pull (an
+    unqualified name would silently come from a public registry)."""
+    import docker
+
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise RuntimeError(f"serving image {image} is not on this Docker host: build it (make images), or load "
+                           "it on every node; autoserve never pulls it from a registry") from None
+
+
+def remove_stale(collection, name: str, instance: str, labels_of, **remove_options) -> None:
+    """A dead container (or service) of ours may still hold the name; anything else is left alone."""
+    import docker
+
+    try:
+        existing = collection.get(name)
+    except docker.errors.NotFound:
+        return
+    if labels_of(existing).get(f"{LABEL}.instance") != instance:
+        raise RuntimeError(f"{name} exists on the Docker engine and is not managed by this watcher")
+    existing.remove(**remove_options)
+
+
 class DockerRuntime:
     def __init__(self, settings: AutoserveSettings) -> None:
         import docker
@@ -68,7 +105,7 @@ class DockerRuntime:
     def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0,
               env: ServeEnv | None = None) -> Deployment:
         name = f"mlops-serve-{self.instance}-{slug(key, replica)}"
-        self._remove_stale(name)
+        remove_stale(self.client.containers, name, self.instance, lambda c: c.labels, force=True)
         with self._lock:
             port = self._free_port() if (self.host_network or self.settings.docker.publish) else 0
             self._reserved_ports.add(port)
@@ -78,12 +115,10 @@ class DockerRuntime:
             if self.settings.docker.publish and not self.host_network:
                 options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", port)}
             image = env.image if env is not None and env.image else self.settings.docker.image
-            self._require_local_image(image)
+            require_local_image(self.client, image)
             container = self.client.containers.run(
                 image,
-                ["mlflow", "models", "serve", "-m", f"models:/{key.model}/{key.version}",
-                 "--env-manager", "local", "-h", serve_host, "-p", str(serve_port),
-                 "-w", str(self.settings.workers)],
+                serve_command(key, serve_host, serve_port, self.settings.workers),
                 name=name,
                 detach=True,
                 init=True,
@@ -92,10 +127,7 @@ class DockerRuntime:
                 mem_limit=self.settings.docker.memory,
                 nano_cpus=int(self.settings.docker.cpus * 1e9),
                 log_config=self.docker.types.LogConfig(type="json-file", config=LOG_OPTIONS),
-                environment={
-                    "MLFLOW_TRACKING_URI": self.settings.docker.container_tracking_uri or self.settings.tracking_uri,
-                    **{name: os.environ[name] for name in ARTIFACT_ENV if os.environ.get(name)},
-                },
+                environment=serving_environment(self.settings),
                 labels={
                     LABEL: "true", f"{LABEL}.instance": self.instance, "mlops.model": key.model,
                     "mlops.version": str(key.version), "mlops.replica": str(replica),
@@ -138,13 +170,6 @@ class DockerRuntime:
             pass
 
     # -- helpers -------------------------------------------------------------------------
-    def _require_local_image(self, image: str) -> None:
-        try:
-            self.client.images.get(image)
-        except self.docker.errors.ImageNotFound:
-            raise RuntimeError(f"serving image {image} is not on this Docker host: build it (make images); "
-                               "autoserve never pulls it from a registry") from None
-
     def _deployment(self, container) -> Deployment:
         labels = container.labels
         port = int(labels.get("mlops.port") or 0)
@@ -163,16 +188,6 @@ class DockerRuntime:
             name=container.name,
             env=labels.get("mlops.env") or None,
         )
-
-    def _remove_stale(self, name: str) -> None:
-        """A dead container of ours may still hold the name; anything else is left alone."""
-        try:
-            existing = self.client.containers.get(name)
-        except self.docker.errors.NotFound:
-            return
-        if existing.labels.get(f"{LABEL}.instance") != self.instance:
-            raise RuntimeError(f"a container named {name} exists and is not managed by this watcher")
-        existing.remove(force=True)
 
     def _free_port(self) -> int:
         used = {d.port for d in self.list() if d.port} | self._reserved_ports
