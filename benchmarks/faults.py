@@ -98,6 +98,19 @@ def big_body(watcher: Watcher, path: str, megabytes: int = 200) -> dict:
                     f"{before / 1024:.0f} -> {rss_kb(pid) / 1024:.0f} MB"}
 
 
+def watcher_killed(watcher: Watcher, path: str) -> tuple[LoadClient, float]:
+    """The watcher ``kill -9``ed under load and started again 10 s later: the load, and when."""
+    with LoadClient(watcher.port, path) as load:
+        time.sleep(2)
+        killed = time.monotonic()
+        watcher.stop(signal.SIGKILL)
+        time.sleep(10)
+        watcher.start()
+        wait_for(lambda: all_ready(watcher), 60, what="adopted")
+        time.sleep(2)
+    return load, killed
+
+
 def docker_daemon_fault(stack: ServingStack, root: Path, image: str, version: int) -> dict:
     watcher = Watcher(stack.server.uri, root / "docker", [stack.model], "--runtime", "docker", "--docker-image", image,
                       "--replicas", str(REPLICAS), poll_interval=2.0).start()
@@ -140,14 +153,7 @@ def swarm_faults(image: str) -> list[dict]:
                 time.sleep(2)
             results.append(row("Swarm: one task killed (kill -9)", load, killed,
                                "the other task answers; Swarm starts a new task"))
-            with LoadClient(watcher.port, path) as load:
-                time.sleep(2)
-                killed = time.monotonic()
-                watcher.stop(signal.SIGKILL)
-                time.sleep(10)
-                watcher.start()
-                wait_for(lambda: all_ready(watcher), 60, what="adopted")
-                time.sleep(2)
+            load, killed = watcher_killed(watcher, path)
             same = "service adopted, not recreated" if [s.id for s in stack.services()] == [service.id] else "RECREATED"
             results.append(row("Swarm: watcher kill -9, restarted 10 s later", load, killed, same))
         finally:
@@ -203,15 +209,8 @@ def main() -> None:
                                f"504 after {args.request_timeout:.0f} s for what was in flight, then ejected"))
 
             # 3. the watcher killed, restarted 10 s later
-            with LoadClient(watcher.port, path) as load:
-                time.sleep(2)
-                killed = time.monotonic()
-                gateway_pid = watcher.gateway_pid()
-                watcher.stop(signal.SIGKILL)
-                time.sleep(10)
-                watcher.start()
-                wait_for(lambda: all_ready(watcher), 60, what="adopted")
-                time.sleep(2)
+            gateway_pid = watcher.gateway_pid()
+            load, killed = watcher_killed(watcher, path)
             same = "gateway kept running, reused" if watcher.gateway_pid() == gateway_pid else "gateway was replaced"
             results.append(row("watcher kill -9, restarted 10 s later", load, killed, same))
 

@@ -110,7 +110,9 @@ def gateway(state_dir, **options) -> None:
 @click.option("--docker-image", default=_D.image, show_default=True, metavar="IMAGE")
 @click.option("--docker-network", default=_D.network, show_default=True, metavar="NAME",
               help="'host', or a network where the gateway reaches containers by name.")
-@click.option("--docker-publish", is_flag=True, help="Also publish each container's port on 127.0.0.1.")
+@click.option("--docker-publish", is_flag=True,
+              help="Also publish each container's port on 127.0.0.1 (Swarm: each task's port on its node, every "
+                   "address; the gateway calls the tasks there).")
 @click.option("--container-tracking-uri", metavar="URI", help="Tracking URI as containers see it (default: --tracking-uri).")
 @click.option("--instance", metavar="NAME", help="Owner label for containers (default: derived from --state-dir).")
 @click.option("--docker-memory", default=_D.memory, show_default=True, metavar="SIZE",

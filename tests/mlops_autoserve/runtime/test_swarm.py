@@ -69,7 +69,7 @@ def stack(swarm, serving_image):
 def _swarm_registry(request, monkeypatch) -> None:
     """Tests of this module talk to the swarm's MLflow, not the session's server."""
     if "stack" in request.fixturenames:
-        uri = request.getfixturevalue("stack").tracking_uri
+        uri = request.getfixturevalue("stack").uri
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         mt.configure(tracking_uri=uri, experiment="swarm")
 
@@ -212,8 +212,11 @@ def test_autoscaling_adds_tasks_up_to_max_under_load_and_returns_to_min(stack, v
             in metrics
 
 
-def test_a_missing_image_is_one_error_on_the_route_and_starts_nothing(stack, versions, tmp_path):
+def test_a_missing_image_is_one_error_on_the_route_and_starts_nothing(stack, versions, served, tmp_path):
+    """A second watcher (another instance) on the same swarm: its failure is its own, and it
+    never touches the first one's service, not even when it stops."""
     instance = f"{stack.name}-missing"
+    others = [(s.id, s.attrs["Version"]["Index"]) for s in stack.services()]
     w = stack.watcher(tmp_path / "state", ["iris-swarm"], "--aliases", "staging", instance=instance,
                       image="mlops-toolkit/serving:no-such-tag").start()
     try:
@@ -224,6 +227,7 @@ def test_a_missing_image_is_one_error_on_the_route_and_starts_nothing(stack, ver
     finally:
         w.stop()
         mt.delete_alias("iris-swarm", "staging")
+    assert [(s.id, s.attrs["Version"]["Index"]) for s in stack.services()] == others
 
 
 def test_on_the_overlay_network_tasks_are_reached_at_their_own_address(stack, versions, served):
