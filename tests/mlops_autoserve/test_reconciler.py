@@ -261,3 +261,21 @@ def test_a_runtime_that_keeps_the_replicas_gets_the_counts_and_one_deployment_pe
     assert route.state == "ready" and [(r.url, r.ident) for r in route.replicas] == [
         (f"http://127.0.0.1:{19000 + i}", f"task-{i}") for i in range(3)]  # the gateway balances over the copies
     assert runtime.started == [(DeploymentKey(M, 1), 0)] and runtime.stopped == []
+
+
+def test_a_restart_in_the_middle_of_a_move_matches_the_tables_copies_to_their_deployment(tmp_path):
+    """The route table lists a Swarm service's tasks; a restarted watcher finds the service
+    behind them and keeps the old version routed while the new one starts (blue/green)."""
+    runtime = ReplicatingRuntime()
+    old = runtime.add("service-1", 1)
+    runtime.running["service-1"] = Deployment(old.key, old.url, old.ident, old.started_at, endpoints=(
+        Endpoint("http://127.0.0.1:19001", "task-a", 0), Endpoint("http://127.0.0.1:19002", "task-b", 1)))
+    runtime.add("service-2", 2, Health.STARTING)
+    _publish(tmp_path, RouteEntry(M, "Production", 2, 1, "switching", 5.0, None,
+                                  (Replica("http://127.0.0.1:19001", "task-a"), Replica("http://127.0.0.1:19002", "task-b", 1))))
+    reconciler = _reconciler(tmp_path, runtime, FakeReader(Desired({(M, "Production"): 2})))
+    reconciler.reconcile_once()
+    route = read(table_path(tmp_path)).get(M, "Production")
+    assert (route.version, route.state, route.since) == (1, "switching", 5.0)
+    assert [r.ident for r in route.replicas] == ["task-a", "task-b"]
+    assert runtime.started == [] and runtime.stopped == []

@@ -301,11 +301,15 @@ class Reconciler:
 
     @staticmethod
     def _routes_from_table(table: RouteTable, observed: list[tuple[Deployment, bool]]) -> dict[RouteKey, Route]:
-        """Previous routes as the last watcher published them, matched to what still runs."""
-        by_ident = {deployment.ident: deployment for deployment, _ in observed}
+        """Previous routes as the last watcher published them, matched to what still runs (a
+        replica of the table is a deployment, or one running copy of one: a Swarm task)."""
+        by_ident = {}
+        for deployment, _ in observed:
+            for ident in (deployment.ident, *(e.ident for e in deployment.serving())):
+                by_ident[ident] = deployment
         routes = {}
         for entry in table.routes:
-            deployments = tuple(by_ident[r.ident] for r in entry.replicas if r.ident in by_ident)
+            deployments = tuple(dict.fromkeys(by_ident[r.ident] for r in entry.replicas if r.ident in by_ident))
             if deployments:
                 routes[(entry.model, entry.alias)] = Route(entry.model, entry.alias, entry.desired_version,
                                                            deployments, RouteState(entry.state), entry.since,
