@@ -105,7 +105,8 @@ class SwarmRuntime:
         self._addresses: dict[str, str] = {}  # node id -> address its published ports answer on
         # Ready once with their floor of tasks (or found running at start: adopted); from then
         # on one answering task keeps them ready while Swarm replaces the others.
-        self._established: set[str] = {s.id for s in self._services()}
+        self._listed: list = self._services()  # as the last list() read them
+        self._established: set[str] = {s.id for s in self._listed}
 
     @property
     def published(self) -> bool:
@@ -117,10 +118,11 @@ class SwarmRuntime:
     def want(self, counts: dict[DeploymentKey, int], floors: dict[str, int]) -> None:
         """The tasks each version should run: a service started from now on gets its count,
         a running one is scaled to it. ``floors`` (per model) is what readiness counts
-        against: tasks a scale-up adds never make a version unready."""
+        against: tasks a scale-up adds never make a version unready. The services are the ones
+        this cycle's :meth:`list` read (the reconciler observes first): no second query."""
         with self._lock:
             self._counts, self._floors = dict(counts), dict(floors)
-        for service in self._services():
+        for service in self._listed:
             wanted = counts.get(_key(service))
             replicated = service.attrs["Spec"].get("Mode", {}).get("Replicated", {})
             if wanted is not None and replicated.get("Replicas") != wanted:
@@ -132,7 +134,7 @@ class SwarmRuntime:
 
     # -- Runtime -------------------------------------------------------------------------
     def list(self) -> list[Deployment]:
-        services = self._services()
+        services = self._listed = self._services()
         if not services:
             return []
         tasks = self.client.api.tasks(filters={"service": [s.id for s in services], "desired-state": "running"})
