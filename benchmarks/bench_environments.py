@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlops_autoserve.envstore import uv_binary, uv_environment
+from mlops_autoserve.watcher.envstore import uv_binary, uv_environment
 
 import mlops_toolkit as mt
 from benchmarks.support import ServingStack, print_table, write_json

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlops_autoserve import webhook
+from mlops_autoserve.watcher import webhook
 
 import mlops_toolkit as mt
 from benchmarks.support import (

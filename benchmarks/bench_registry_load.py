@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlops_autoserve.desired import RegistryReader
+from mlops_autoserve.watcher.desired import RegistryReader
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
 

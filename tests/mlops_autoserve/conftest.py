@@ -58,7 +58,7 @@ def env_models(tracking_uri, tmp_path_factory) -> EnvModels:
     from pathlib import Path
 
     import mlflow
-    from mlops_autoserve.envstore import uv_binary, uv_environment
+    from mlops_autoserve.watcher.envstore import uv_binary, uv_environment
 
     from tests.conftest import need
 

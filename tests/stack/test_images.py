@@ -1,6 +1,6 @@
 """The project's images (built by tests/stack/conftest.py), run on the real engine.
 
-Containers use host networking and loopback ports only. The serving image is exercised by tests/mlops_autoserve/runtime/test_docker.py.
+Containers use host networking and loopback ports only. The serving image is exercised by tests/mlops_autoserve/watcher/runtime/test_docker.py.
 """
 
 from __future__ import annotations

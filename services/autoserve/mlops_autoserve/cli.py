@@ -187,9 +187,9 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
     Starts (or reuses) the gateway as a process of its own, which keeps serving while the
     watcher restarts; --no-gateway runs the watcher alone.
     """
-    from mlops_autoserve import service, webhook
+    from mlops_autoserve.watcher import service, webhook
     from mlops_autoserve.gateway_process import GatewayProcess
-    from mlops_autoserve.statelock import StateLock
+    from mlops_autoserve.watcher.statelock import StateLock
     from mlops_toolkit.connection import ensure_reachable
 
     if targets_file is not None:
@@ -242,7 +242,7 @@ def autoserve(aliases, models, poll_interval, strategy, runtime, docker_image, d
 
 
 def _check_sizes(*flags: tuple[str, str]) -> None:
-    from mlops_autoserve.runtime.swarm import size_bytes
+    from mlops_autoserve.watcher.runtime.swarm import size_bytes
     from mlops_toolkit.errors import ValidationError
 
     for flag, size in flags:

@@ -15,9 +15,9 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mlops_autoserve import webhook
+from mlops_autoserve.watcher import webhook
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.reconciler import Reconciler
+from mlops_autoserve.watcher.reconciler import Reconciler
 from mlops_autoserve.settings import AutoserveSettings
 
 log = logging.getLogger("autoserve.control")

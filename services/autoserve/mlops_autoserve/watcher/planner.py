@@ -25,7 +25,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey
+from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey
 
 RouteKey = tuple[str, str]  # (model, alias)
 

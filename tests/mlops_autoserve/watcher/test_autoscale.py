@@ -8,9 +8,9 @@ import re
 import time
 
 import pytest
-from mlops_autoserve.autoscale import Autoscaler, Load, LoadMeter, ScalePolicy
-from mlops_autoserve.planner import Inputs, plan
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey
+from mlops_autoserve.watcher.autoscale import Autoscaler, Load, LoadMeter, ScalePolicy
+from mlops_autoserve.watcher.planner import Inputs, plan
+from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey
 
 import mlops_toolkit as mt
 from tests.harness import LoadClient, Watcher, wait_for

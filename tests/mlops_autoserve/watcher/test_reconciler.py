@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from mlops_autoserve.desired import Desired
+from mlops_autoserve.watcher.desired import Desired
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.reconciler import Reconciler
+from mlops_autoserve.watcher.reconciler import Reconciler
 from mlops_autoserve.routetable import (
     Replica,
     RouteEntry,
@@ -20,7 +20,7 @@ from mlops_autoserve.routetable import (
     read,
     table_path,
 )
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Endpoint, Health
+from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Endpoint, Health
 from mlops_autoserve.settings import AutoserveSettings
 
 M = "iris"
@@ -129,7 +129,7 @@ def test_watcher_health_is_stale_when_cycles_keep_failing_not_only_when_they_sto
     import asyncio
 
     from aiohttp.test_utils import TestClient, TestServer
-    from mlops_autoserve.control import ControlApi
+    from mlops_autoserve.watcher.control import ControlApi
 
     metrics = AutoserveMetrics()
     reconciler = _reconciler(tmp_path, FakeRuntime(), FakeReader(None))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import itertools
 
-from mlops_autoserve.planner import Failure, Inputs, Route, plan
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey
+from mlops_autoserve.watcher.planner import Failure, Inputs, Route, plan
+from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey
 
 _ids = itertools.count(1)
 M = "iris"

@@ -4,11 +4,11 @@ runtime): real Docker engine, real uv inside the build, real packages from the i
 from __future__ import annotations
 
 import pytest
-from mlops_autoserve.reconciler import ERROR_TAG
+from mlops_autoserve.watcher.reconciler import ERROR_TAG
 
 import mlops_toolkit as mt
 from tests.harness import Watcher, http_json, wait_for
-from tests.mlops_autoserve.test_environments import IRIS, NAMES
+from tests.mlops_autoserve.watcher.test_environments import IRIS, NAMES
 
 pytestmark = pytest.mark.slow
 BUILD_TIMEOUT = 300

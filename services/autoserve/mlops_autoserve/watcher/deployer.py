@@ -7,8 +7,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from mlops_autoserve.environments import EnvBuildError, Environments
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
+from mlops_autoserve.watcher.environments import EnvBuildError, Environments
+from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit import http
 from mlops_toolkit.errors import one_line

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mlops_autoserve.health import HealthTracker, Verdict
-from mlops_autoserve.runtime.base import Health
+from mlops_autoserve.watcher.health import HealthTracker, Verdict
+from mlops_autoserve.watcher.runtime.base import Health
 
 
 def test_one_missed_ping_keeps_a_ready_replica_in_the_route():

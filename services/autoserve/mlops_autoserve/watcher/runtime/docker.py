@@ -19,8 +19,8 @@ import os
 import threading
 import time
 
-from mlops_autoserve.envstore import ServeEnv
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, ping, slug
+from mlops_autoserve.watcher.envstore import ServeEnv
+from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Health, ping, slug
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.ops.processes import port_is_open
 

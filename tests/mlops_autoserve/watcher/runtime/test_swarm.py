@@ -27,8 +27,8 @@ INVOCATIONS = "/serve/iris-swarm/Production/invocations"
 
 
 def test_service_names_are_dns_labels_that_keep_models_apart():
-    from mlops_autoserve.runtime.base import DeploymentKey
-    from mlops_autoserve.runtime.swarm import service_name
+    from mlops_autoserve.watcher.runtime.base import DeploymentKey
+    from mlops_autoserve.watcher.runtime.swarm import service_name
 
     assert service_name("mlops-swarm-1a2b3c", DeploymentKey("iris", 3)).startswith("mlops-swarm-1a2b3c-iris-")
     long_a, long_b = (service_name("team-a", DeploymentKey("churn model / région " * 4 + tail, 12)) for tail in "ab")
@@ -37,7 +37,7 @@ def test_service_names_are_dns_labels_that_keep_models_apart():
 
 
 def test_sizes_read_like_docker_reads_them():
-    from mlops_autoserve.runtime.swarm import size_bytes
+    from mlops_autoserve.watcher.runtime.swarm import size_bytes
 
     assert [size_bytes(s) for s in ("256m", "2g", "1.5G", "512k", "1000")] == [256 << 20, 2 << 30, 3 << 29, 512 << 10, 1000]
 
@@ -232,7 +232,7 @@ def test_a_missing_image_is_one_error_on_the_route_and_starts_nothing(stack, ver
 
 def test_on_the_overlay_network_tasks_are_reached_at_their_own_address(stack, versions, served):
     """--docker-network without --docker-publish: a gateway on that network calls each task's address."""
-    from mlops_autoserve.runtime.swarm import SwarmRuntime
+    from mlops_autoserve.watcher.runtime.swarm import SwarmRuntime
     from mlops_autoserve.settings import AutoserveSettings, DockerSettings
 
     runtime = SwarmRuntime(AutoserveSettings(stack.uri, docker=DockerSettings(

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from mlops_autoserve.runtime.base import DeploymentKey
-from mlops_autoserve.runtime.process import ProcessRuntime, slug
+from mlops_autoserve.watcher.runtime.base import DeploymentKey
+from mlops_autoserve.watcher.runtime.process import ProcessRuntime, slug
 from mlops_autoserve.settings import AutoserveSettings
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mlops_autoserve.envspec import (
+from mlops_autoserve.watcher.envspec import (
     LIST_INSTALLED,
     Interpreter,
     interpreter_from,

@@ -12,15 +12,15 @@ import logging
 import os
 import signal
 
-from mlops_autoserve.control import ControlApi
-from mlops_autoserve.environments import Environments
+from mlops_autoserve.watcher.control import ControlApi
+from mlops_autoserve.watcher.environments import Environments
 from mlops_autoserve.gateway import listen
 from mlops_autoserve.gateway_process import GatewayProcess
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.reconciler import Reconciler
-from mlops_autoserve.runtime import create_runtime
+from mlops_autoserve.watcher.reconciler import Reconciler
+from mlops_autoserve.watcher.runtime import create_runtime
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_autoserve.statelock import StateLock
+from mlops_autoserve.watcher.statelock import StateLock
 from mlops_toolkit.jsonlog import configure_json_logging
 
 log = logging.getLogger("autoserve")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from mlops_autoserve.runtime.base import Health
+from mlops_autoserve.watcher.runtime.base import Health
 
 
 class Verdict(enum.Enum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from mlflow.webhooks.delivery import _generate_hmac_signature
-from mlops_autoserve import webhook
+from mlops_autoserve.watcher import webhook
 
 BODY = b'{"entity": "model_version_alias", "action": "created", "data": {"name": "iris", "alias": "Production", "version": "2"}}'
 

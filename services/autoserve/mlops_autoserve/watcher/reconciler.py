@@ -31,14 +31,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 
-from mlops_autoserve import planner
-from mlops_autoserve.autoscale import Scaler
-from mlops_autoserve.deployer import Deployer
-from mlops_autoserve.desired import Desired, RegistryReader, RouteKey
-from mlops_autoserve.environments import Build, Environments
-from mlops_autoserve.health import HealthTracker, Verdict
+from mlops_autoserve.watcher import planner
+from mlops_autoserve.watcher.autoscale import Scaler
+from mlops_autoserve.watcher.deployer import Deployer
+from mlops_autoserve.watcher.desired import Desired, RegistryReader, RouteKey
+from mlops_autoserve.watcher.environments import Build, Environments
+from mlops_autoserve.watcher.health import HealthTracker, Verdict
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.planner import Failure, Route, RouteState
+from mlops_autoserve.watcher.planner import Failure, Route, RouteState
 from mlops_autoserve.routetable import (
     CanaryTarget,
     EnvBuild,
@@ -50,9 +50,9 @@ from mlops_autoserve.routetable import (
     TablePublisher,
     table_path,
 )
-from mlops_autoserve.runtime.base import Deployment, DeploymentKey, Health, Runtime
+from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
-from mlops_autoserve.targets import TargetsFile
+from mlops_autoserve.watcher.targets import TargetsFile
 from mlops_toolkit import audit, http
 from mlops_toolkit.aliases import set_alias
 from mlops_toolkit.errors import one_line

@@ -18,8 +18,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from mlops_autoserve.envspec import ModelNeeds, build_lines, env_key, read_needs, unmet
-from mlops_autoserve.envstore import (
+from mlops_autoserve.watcher.envspec import ModelNeeds, build_lines, env_key, read_needs, unmet
+from mlops_autoserve.watcher.envstore import (
     DockerEnvs,
     EnvBuildError,
     EnvInfo,
@@ -28,7 +28,7 @@ from mlops_autoserve.envstore import (
     to_prune,
 )
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.runtime.base import DeploymentKey
+from mlops_autoserve.watcher.runtime.base import DeploymentKey
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.errors import one_line
 

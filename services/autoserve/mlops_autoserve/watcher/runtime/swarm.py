@@ -34,15 +34,15 @@ import re
 import threading
 import time
 
-from mlops_autoserve.envstore import ServeEnv
-from mlops_autoserve.runtime.base import (
+from mlops_autoserve.watcher.envstore import ServeEnv
+from mlops_autoserve.watcher.runtime.base import (
     Deployment,
     DeploymentKey,
     Endpoint,
     Health,
     ping,
 )
-from mlops_autoserve.runtime.docker import (
+from mlops_autoserve.watcher.runtime.docker import (
     CONTAINER_PORT,
     LABEL,
     LOG_OPTIONS,

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mlops_autoserve.envstore import ServeEnv
+from mlops_autoserve.watcher.envstore import ServeEnv
 from mlops_toolkit import http
 
 PING_TIMEOUT = 1.0

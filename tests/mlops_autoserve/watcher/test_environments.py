@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from mlops_autoserve.environments import Environments
-from mlops_autoserve.envspec import this_interpreter
-from mlops_autoserve.envstore import ProcessEnvs
+from mlops_autoserve.watcher.environments import Environments
+from mlops_autoserve.watcher.envspec import this_interpreter
+from mlops_autoserve.watcher.envstore import ProcessEnvs
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.reconciler import ERROR_TAG
+from mlops_autoserve.watcher.reconciler import ERROR_TAG
 from mlops_autoserve.settings import AutoserveSettings
 
 import mlops_toolkit as mt
