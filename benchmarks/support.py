@@ -6,10 +6,17 @@ Processes (watcher, gateway, load client) come from the tests' harness, ``tests/
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.harness import Watcher, wait_for
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
@@ -144,3 +151,123 @@ def side_by_side(cells: dict[tuple[int, str], tuple[list[float], int]], levels: 
                          f"{p99:.2f}", errors])
     return rows, results
 
+
+@dataclass(frozen=True)
+class Checkout:
+    """The code a benchmark measures: a checkout's ``mlops`` and the modules it imports.
+
+    A checkout with its own ``.venv`` runs its own ``mlops``; any other (a ``git worktree`` of
+    an older commit) runs this interpreter's ``mlops`` with the checkout first on PYTHONPATH,
+    so the old library and service modules are imported, not the editable install's. Every
+    command runs in the checkout's root: a ``python -m`` child (the gateway) puts its working
+    directory first on sys.path, and another checkout's modules there would shadow these.
+    """
+
+    root: Path
+
+    @property
+    def own_venv(self) -> bool:
+        return (self.root / ".venv" / "bin" / "mlops").exists()
+
+    @property
+    def python(self) -> Path:
+        return self.root / ".venv" / "bin" / "python" if self.own_venv else Path(sys.executable)
+
+    @property
+    def mlops(self) -> Path:
+        return self.python.parent / "mlops"
+
+    def env(self, extra: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> dict[str, str]:
+        """This process's environment for the checkout's commands (``drop``: names to leave out)."""
+        env = {k: v for k, v in os.environ.items() if k not in drop}
+        if not self.own_venv:
+            paths = [str(self.root), str(self.root / "services" / "autoserve"), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        return {**env, **(extra or {})}
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+        """``mlops ARGS`` of this checkout: its stdout, or RuntimeError with its last stderr line."""
+        done = subprocess.run([str(self.mlops), *args], env=env or self.env(), cwd=self.root, capture_output=True,
+                              text=True, timeout=timeout)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(f"mlops {' '.join(args)} exited {done.returncode}: {last}")
+        return done.stdout
+
+    def imported(self, *modules: str) -> dict[str, str]:
+        """Where each of ``modules`` is imported from in the checkout's environment: the proof
+        that the code measured is this checkout's (a module that does not import is left out)."""
+        probe = ("import importlib, json, sys\nfound = {}\nfor name in sys.argv[1:]:\n    try:\n"
+                 "        found[name] = importlib.import_module(name).__file__\n    except ImportError:\n"
+                 "        pass\nprint(json.dumps(found))")
+        done = subprocess.run([str(self.python), "-c", probe, *modules], env=self.env(), cwd=self.root,
+                              capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(done.stdout)
+
+
+class CheckoutWatcher(Watcher):
+    """The harness's ``Watcher``, running ``checkout``'s ``mlops autoserve`` in ``env``."""
+
+    def __init__(self, checkout: Checkout, env: dict[str, str], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkout, self.env = checkout, env
+
+    def start(self) -> CheckoutWatcher:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([str(self.checkout.mlops), *self.args], stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
+                                            cwd=self.checkout.root)
+        wait_for(self._up, 40, what=f"gateway on {self.url} and watcher on {self.watcher_url} (log {self.log_path})")
+        return self
+
+    def stop_everything(self) -> None:
+        """Stop the watcher and make sure its gateway and serving processes are gone too, even
+        when the watcher did not stop them itself (it hung past the timeout)."""
+        from mlops_toolkit.ops.processes import pid_running, terminate
+
+        pids = [r["pid"] for r in self.records() if r.get("pid")]
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            terminate(self.process.pid, group=True)
+        for pid in pids:
+            if pid_running(pid):
+                terminate(pid, group=True)
+        self.stop_gateway()
+
+
+class HungPort:
+    """A TCP listener on ``port`` that accepts every connection and never reads or answers,
+    keeping the sockets open: what a client sees of a hung server. (A refused port fails
+    fast; this one makes every client wait out its own timeouts.)"""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.accepted: list[socket.socket] = []
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(128)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # the listener was closed: the hang is over
+                return
+            self.accepted.append(conn)
+
+    def __enter__(self) -> HungPort:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() the thread is blocked in
+        except OSError:
+            pass
+        self.listener.close()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()

@@ -91,6 +91,9 @@ class AliasEvent:
     reason: str | None = None
     id: str = ""  # "<nanoseconds>-<random>": when it was written, unique per event
     undoes: str | None = None  # a rollback names the event it undid
+    # A move made by the serving watcher at the end of a rollout: ``user`` is the watcher,
+    # this is who started the rollout, as the rollout's tag says (not authenticated).
+    requested_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,13 +114,15 @@ def set_alias(
     *,
     reason: str | None = None,
     authorized: Decision | None = None,
+    requested_by: str | None = None,
 ) -> AliasChange:
     """Point ``model@alias`` at ``version`` (default: the latest version) and record it.
 
     The policy is checked first (``alias.set``; a blocked version, or an unapproved one where
     the environment requires approval, is refused before anything moves). ``authorized``
     is for the serving watcher finishing a rollout that user was allowed to start: it
-    replaces the role check, never the version check.
+    replaces the role check, never the version check; ``requested_by`` then names who
+    started the rollout, recorded beside the watcher's own name, never instead of it.
     """
     model = resolve_model_name(model)
     alias = _require_alias(alias)
@@ -131,7 +136,8 @@ def set_alias(
         check_deployable(client, model, alias, target, decision)
         change = AliasChange(model, alias, current, target, "set")
         _move_with_record(client, change, reason, registered.tags,
-                          lambda: _point_alias(client, model, alias, target), decision=decision)
+                          lambda: _point_alias(client, model, alias, target), decision=decision,
+                          requested_by=requested_by)
     return change
 
 
@@ -268,6 +274,7 @@ def _move_with_record(
     move: Callable[[], object],
     undoes: str | None = None,
     decision: Decision | None = None,
+    requested_by: str | None = None,
 ) -> None:
     """Write the audit event and the history event, then move; a move never happens without
     its record.
@@ -279,10 +286,12 @@ def _move_with_record(
     action = "alias.rollback" if change.action == "rollback" else f"alias.{change.action}"
     fields = dict(model=change.model, alias=change.alias, from_version=change.from_version,
                   to_version=change.to_version, reason=reason)
+    if requested_by:
+        fields["requested_by"] = fit(requested_by, USER_MAX_CHARS)
     audit.record(action, "allowed", decision=decision, strict=bool(decision and decision.environment == "prod"),
                  **fields)
     key = _new_event_key(change.alias)
-    client.set_registered_model_tag(change.model, key, _encode_event(change, reason, undoes, decision))
+    client.set_registered_model_tag(change.model, key, _encode_event(change, reason, undoes, decision, requested_by))
     try:
         move()
     except BaseException as exc:
@@ -321,7 +330,7 @@ def _point_alias(client: MlflowClient, model: str, alias: str, version: int, att
 
 
 def _encode_event(change: AliasChange, reason: str | None, undoes: str | None = None,
-                  decision: Decision | None = None) -> str:
+                  decision: Decision | None = None, requested_by: str | None = None) -> str:
     event = AliasEvent(
         action=change.action,
         from_version=change.from_version,
@@ -330,8 +339,10 @@ def _encode_event(change: AliasChange, reason: str | None, undoes: str | None = 
         timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         reason=fit(reason, REASON_MAX_CHARS) if reason else None,
         undoes=undoes,
+        requested_by=fit(requested_by, USER_MAX_CHARS) if requested_by else None,
     )
-    fields = {k: v for k, v in asdict(event).items() if k != "id" and (v is not None or k != "undoes")}
+    fields = {k: v for k, v in asdict(event).items()
+              if k != "id" and (v is not None or k not in ("undoes", "requested_by"))}
     payload = json.dumps({"format": EVENT_FORMAT, "alias": change.alias, **fields}, separators=(",", ":"))
     if len(payload) > REGISTERED_MODEL_TAG_MAX:  # only a very long alias name could get here
         raise ValidationError(f"alias history event for {change} does not fit a registry tag")
@@ -369,6 +380,7 @@ def _event_from(data: Mapping[str, object]) -> AliasEvent:
         timestamp=str(data["timestamp"]),
         reason=str(data["reason"]) if data.get("reason") else None,
         undoes=str(data["undoes"]) if data.get("undoes") else None,
+        requested_by=str(data["requested_by"]) if data.get("requested_by") else None,
     )
 
 

@@ -18,6 +18,7 @@ request is left for the baseline to answer).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import RegisteredModel
 
 ROLLOUT_TAG_PREFIX = "mlops.rollout."
+ROLLOUT_FORMAT = 1  # the tag's layout; a tag of another format is refused, never guessed at
+MAX_STEPS = 100
 MIN_REQUESTS = 10  # a step with fewer candidate requests (or compared values) than this is not judged yet
 STARVED_WINDOWS = 3  # a step still without enough compared values after this many windows fails
 RUNNING, PASSED, FAILED, ABORTED = "running", "passed", "failed", "aborted"
@@ -87,6 +90,7 @@ class StepFigures:
     labels_agreed: int = 0
     numbers_compared: int = 0
     abs_diff_sum: float = 0.0
+    nonfinite: int = 0  # compared values where either answer was NaN or inf (counted as disagreement)
 
 
 def start_rollout(model: str | None, to: str, alias: str = "Production", *, steps: tuple[int, ...] = (5, 25, 50, 100),
@@ -192,7 +196,7 @@ def _checks(rollout: Rollout, figures: StepFigures) -> list[_Check]:
                      if error_rate > rollout.max_error_rate else None)]
     p95 = figures.p95_ms or 0.0
     checks.append(_Check(f"p95 {p95:.1f} ms", f"p95 {p95:.1f} ms > {rollout.max_p95_ms:g} ms"
-                         if p95 > rollout.max_p95_ms else None))
+                         if not math.isfinite(p95) or p95 > rollout.max_p95_ms else None))
     if rollout.percent == 100:  # the baseline answers nothing left to compare with: judged in the earlier steps
         return checks
     if rollout.min_agreement is not None:
@@ -204,9 +208,15 @@ def _checks(rollout: Rollout, figures: StepFigures) -> list[_Check]:
     if rollout.max_mean_abs_diff is not None:
         n = figures.numbers_compared
         mean = figures.abs_diff_sum / n if n else 0.0
-        checks.append(_compared(n, "numbers", "difference", rollout.baseline, f"mean abs diff {mean:.4g} over {n} values",
-                                f"mean abs diff {mean:.4g} > {rollout.max_mean_abs_diff:g} ({n} values)"
-                                if mean > rollout.max_mean_abs_diff else None))
+        # NaN > limit is False: a candidate answering NaN or inf would pass. Not finite is a failure.
+        failure = None
+        if figures.nonfinite or not math.isfinite(mean):
+            failure = (f"{figures.nonfinite or 'some'} answers not finite (NaN or inf) of {n} values compared")
+        elif mean > rollout.max_mean_abs_diff:
+            failure = f"mean abs diff {mean:.4g} > {rollout.max_mean_abs_diff:g} ({n} values)"
+        shown = f"{mean:.4g}" if math.isfinite(mean) else "not finite"
+        checks.append(_compared(n, "numbers", "difference", rollout.baseline, f"mean abs diff {shown} over {n} values",
+                                failure))
     return checks
 
 
@@ -218,7 +228,7 @@ def _compared(n: int, noun: str, gate: str, baseline: int, measured: str, failur
 
 
 def save(client, rollout: Rollout) -> None:
-    data = {k: v for k, v in asdict(rollout).items() if k not in ("model", "alias")}
+    data = {"format": ROLLOUT_FORMAT, **{k: v for k, v in asdict(rollout).items() if k not in ("model", "alias")}}
     if data["reason"]:  # the only free text: keep the tag within the 5,000-character column
         data["reason"] = fit(data["reason"], REASON_MAX_CHARS)
     client.set_registered_model_tag(rollout.model, ROLLOUT_TAG_PREFIX + rollout.alias,
@@ -242,11 +252,84 @@ def rollout_of(model: RegisteredModel, alias: str) -> Rollout | None:
     if not raw:
         return None
     try:
-        data = json.loads(raw)
-        return Rollout(model=model.name, alias=alias, **{**data, "steps": tuple(data["steps"])})
-    except (ValueError, TypeError, KeyError):
+        return parse_rollout(model.name, alias, raw)
+    except ValueError:
         return None
 
 
-__all__ = ["Rollout", "StepFigures", "abort_rollout", "judge", "rollout_of", "rollout_status", "rollouts_of",
-           "start_rollout"]
+def parse_rollout(model: str, alias: str, raw: str) -> Rollout:
+    """A rollout tag's value, checked field by field: ValueError says what is wrong.
+
+    Any registry writer can set the tag (or hand-edit it), so nothing in it is trusted: a
+    value that :func:`judge` or the watcher could trip over (no steps, NaN limits, a step
+    past the last one, a version that is not a positive whole number) is refused here.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+        raise ValueError("not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    fmt = data.pop("format", ROLLOUT_FORMAT)
+    if fmt != ROLLOUT_FORMAT:
+        raise ValueError(f"format {str(fmt)[:20]!r} is not {ROLLOUT_FORMAT} (written by another release?)")
+    known = {f for f in Rollout.__dataclass_fields__ if f not in ("model", "alias")}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0][:40]!r}")
+    for name in ("to", "candidate", "baseline", "steps", "step_seconds", "max_error_rate", "max_p95_ms"):
+        if name not in data:
+            raise ValueError(f"missing field {name!r}")
+    steps = data["steps"]
+    if not isinstance(steps, list) or not 0 < len(steps) <= MAX_STEPS or not all(_whole(s) for s in steps):
+        raise ValueError(f"steps must be a list of 1-{MAX_STEPS} whole percentages")
+    if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
+        raise ValueError("steps must be increasing percentages ending at 100")
+    state = data.get("state", RUNNING)
+    if state not in (RUNNING, PASSED, FAILED, ABORTED):
+        raise ValueError("state must be one of running, passed, failed, aborted")
+    step = data.get("step", 0)
+    if not _whole(step) or not 0 <= step < len(steps):
+        raise ValueError(f"step must be a whole number within 0-{len(steps) - 1}")
+    to = data["to"]
+    if not isinstance(to, str) or not to.strip() or len(to) > 256:
+        raise ValueError("to must be an alias name")
+    for name in ("candidate", "baseline"):
+        if not _whole(data[name]) or data[name] < 1:
+            raise ValueError(f"{name} must be a version number (a whole number from 1)")
+    limits = {"step_seconds": (0, None, True), "max_error_rate": (0, 1, False), "max_p95_ms": (0, None, True),
+              "min_agreement": (0, 1, False), "max_mean_abs_diff": (0, None, False)}
+    for name, (low, high, low_open) in limits.items():
+        value = data.get(name)
+        if value is None and name in ("min_agreement", "max_mean_abs_diff"):
+            continue
+        if not _finite(value) or value < low or (low_open and value == low) or (high is not None and value > high):
+            bound = f"within {low}-{high}" if high is not None else ("positive" if low_open else "not negative")
+            raise ValueError(f"{name} must be a finite number {bound}")
+    started = data.get("step_started", time.time())
+    if not _finite(started):
+        raise ValueError("step_started must be a time (seconds since 1970)")
+    for name in ("reason", "started_by"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise ValueError(f"{name} must be text")
+    return Rollout(model=model, alias=alias, to=to, candidate=int(data["candidate"]), baseline=int(data["baseline"]),
+                   steps=tuple(int(s) for s in steps), step_seconds=float(data["step_seconds"]),
+                   max_error_rate=float(data["max_error_rate"]), max_p95_ms=float(data["max_p95_ms"]),
+                   min_agreement=None if data.get("min_agreement") is None else float(data["min_agreement"]),
+                   max_mean_abs_diff=None if data.get("max_mean_abs_diff") is None
+                   else float(data["max_mean_abs_diff"]),
+                   step=int(step), step_started=float(started), state=state, reason=data.get("reason"),
+                   started_by=data.get("started_by") or "")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+__all__ = ["Rollout", "StepFigures", "abort_rollout", "judge", "parse_rollout", "rollout_of", "rollout_status",
+           "rollouts_of", "start_rollout"]

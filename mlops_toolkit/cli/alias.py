@@ -79,7 +79,8 @@ def history_cmd(alias_name: str, model: str | None, as_json: bool) -> None:
     echo_table(
         ["WHEN", "ACTION", "FROM", "TO", "USER", "REASON"],
         [
-            (e.timestamp, e.action, _v(e.from_version), _v(e.to_version), e.user, e.reason or "")
+            (e.timestamp, e.action, _v(e.from_version), _v(e.to_version),
+             e.user + (f" (requested by {e.requested_by})" if e.requested_by else ""), e.reason or "")
             for e in events
         ],
         "no recorded history",

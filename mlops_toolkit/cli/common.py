@@ -83,17 +83,24 @@ def echo_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _parse_port_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    try:
-        low, high = (int(p) for p in value.split("-"))
-    except ValueError:
-        raise click.BadParameter("expected LOW-HIGH, e.g. 18100-18199") from None
-    if not 1024 <= low <= high <= 65535:
-        raise click.BadParameter("expected 1024 <= LOW <= HIGH <= 65535")
-    return low, high
+class PortRange(click.ParamType):
+    """``LOW-HIGH`` as ``(low, high)``: a type, so the value may come from an env var too."""
+
+    name = "LOW-HIGH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            low, high = (int(p) for p in str(value).split("-"))
+        except ValueError:
+            self.fail("expected LOW-HIGH, e.g. 18100-18199", param, ctx)
+        if not 1024 <= low <= high <= 65535:
+            self.fail("expected 1024 <= LOW <= HIGH <= 65535", param, ctx)
+        return low, high
 
 
 def port_range_option(default: str) -> Callable:
     """``--port-range LOW-HIGH``: ports for model deployments."""
-    return click.option("--port-range", default=default, show_default=True, callback=_parse_port_range,
+    return click.option("--port-range", type=PortRange(), default=default, show_default=True,
                         metavar="LOW-HIGH", help="Ports for the model deployments.")

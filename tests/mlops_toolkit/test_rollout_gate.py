@@ -63,3 +63,18 @@ def test_a_difference_gate_judges_numeric_outputs():
 def test_the_last_step_needs_no_comparison_there_is_nothing_left_to_compare_with():
     verdict, reason = judge(rollout(min_agreement=0.9, step=1), StepFigures(100, 0, 50.0), now=1060.0)
     assert verdict == "promote" and "agreement" not in reason
+
+
+def test_a_candidate_answering_nan_or_inf_fails_the_difference_gate():
+    """NaN > limit is False: a NaN sum used to pass the gate and promote the candidate."""
+    gated = rollout(max_mean_abs_diff=0.5)
+    for figures in (StepFigures(100, 0, 50.0, numbers_compared=100, abs_diff_sum=float("nan")),
+                    StepFigures(100, 0, 50.0, numbers_compared=100, abs_diff_sum=float("inf")),
+                    StepFigures(100, 0, 50.0, numbers_compared=100, abs_diff_sum=1.0, nonfinite=3)):
+        verdict, reason = judge(gated, figures, now=1060.0)
+        assert verdict == "fail" and "not finite (NaN or inf)" in reason, (figures, reason)
+
+
+def test_a_nan_latency_fails_the_step():
+    verdict, reason = judge(rollout(), StepFigures(100, 0, float("nan")), now=1060.0)
+    assert verdict == "fail" and "p95" in reason

@@ -188,7 +188,8 @@ class RecentAnswers:
         numbers = [c for c in compared if c.kind == "regression"]
         return {"requests": len(recent), "errors": sum(1 for status, _ in recent if status >= 500), "p95_ms": p95,
                 "labels_compared": sum(c.rows for c in labels), "labels_agreed": sum(c.agree for c in labels),
-                "numbers_compared": sum(c.rows for c in numbers), "abs_diff_sum": sum(c.abs_diff_sum for c in numbers)}
+                "numbers_compared": sum(c.rows for c in numbers), "abs_diff_sum": sum(c.abs_diff_sum for c in numbers),
+                "nonfinite": sum(c.nonfinite for c in numbers)}
 
 
 class Gateway:
@@ -471,6 +472,7 @@ class Gateway:
             "ready_replicas": sum(1 for r in replicas if r["state"] == "ready"),
             "since": datetime.fromtimestamp(route.since, tz=timezone.utc).isoformat(timespec="seconds"),
             "last_error": route.last_error,
+            "problems": list(route.problems),
             "canary": None if route.canary is None else {
                 "version": route.canary.version, "percent": route.canary.percent,
                 "replicas": len(route.canary.replicas)},

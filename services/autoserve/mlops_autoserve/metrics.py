@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 SWITCH_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300)
 ENV_BUILD_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+# The request buckets plus 2 s: a reconcile cycle over 2 s is a stall every model waits for.
+RECONCILE_BUCKETS = tuple(sorted(LATENCY_BUCKETS + (2,)))
 
 
 class AutoserveMetrics:
@@ -24,7 +26,7 @@ class AutoserveMetrics:
         )
         self.reconcile_duration = Histogram(
             "autoserve_reconcile_duration_seconds", "Time of one reconcile cycle", registry=r,
-            buckets=LATENCY_BUCKETS,
+            buckets=RECONCILE_BUCKETS,
         )
         self.registry_requests = Counter(
             "autoserve_registry_requests", "HTTP requests the watcher sent to the model registry", registry=r
@@ -50,6 +52,11 @@ class AutoserveMetrics:
         self.rollout_percent = Gauge(
             "autoserve_rollout_percent", "Share of an alias's traffic sent to its rollout's candidate",
             ["model", "alias", "version"], registry=r,
+        )
+        self.model_errors = Gauge(
+            "autoserve_model_errors", "Inputs of a model the watcher ignores because they are bad (a tag that does not "
+            "parse), by kind: rollout, shadow, replicas, min_replicas, max_replicas, model", ["model", "reason"],
+            registry=r,
         )
         self.route_blocked = Gauge(
             "autoserve_route_blocked", "1 while prod holds an alias back from its wanted version (not approved, or "
@@ -89,6 +96,18 @@ class AutoserveMetrics:
         self.last_reconcile = Gauge(
             "autoserve_last_reconcile_timestamp_seconds", "Unix time of the last completed reconcile",
             registry=r,
+        )
+        self.audit_events = Counter(
+            "autoserve_audit_events", "Audit events of the background writer by result (sent: the store took it, "
+            "spooled: kept on disk for a retry, dropped: lost, the spool full or unwritable)", ["result"], registry=r,
+        )
+        for result in ("sent", "spooled", "dropped"):
+            self.audit_events.labels(result)
+        self.audit_queued = Gauge(
+            "autoserve_audit_queued", "Audit events waiting in memory for the background writer", registry=r,
+        )
+        self.audit_spooled = Gauge(
+            "autoserve_audit_spooled", "Audit events waiting in the spool for the store to answer", registry=r,
         )
 
 

@@ -8,15 +8,36 @@ watcher crash or restart changes nothing for clients.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import functools
+import hashlib
 import json
+import logging
+import math
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+
+log = logging.getLogger("autoserve.routetable")
 
 TABLE_FILE = "routes.json"
 FORMAT = 1
+MAX_TABLE_BYTES = 32 * 1024 * 1024  # a bigger file is not a table the watcher wrote: refused unread
+
+
+class TableError(ValueError):
+    """The file is not a usable route table (truncated, not JSON, wrong shape or types)."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(f"{where.lstrip('.')}: {message}" if where else message)
+        self.message, self.where = message, where
+
+    def inside(self, outer: str) -> TableError:
+        """The same error, one level up: ``routes`` + ``[0]`` + ``.version``."""
+        return TableError(self.message, outer + self.where)
 
 
 @dataclass(frozen=True)
@@ -85,9 +106,7 @@ class RouteEntry:
     canary: CanaryTarget | None = None
     building: EnvBuild | None = None
     scale: ScaleView | None = None
-
-
-_ENTRY_FIELDS = frozenset(RouteEntry.__dataclass_fields__)
+    problems: tuple[str, ...] = ()  # the model's inputs the watcher ignores (a bad tag), and why
 
 
 @dataclass(frozen=True)
@@ -116,30 +135,96 @@ def to_json(table: RouteTable) -> str:
                        "routes": [asdict(r) for r in table.routes]}, separators=(",", ":"))
 
 
-def from_json(text: str) -> RouteTable:
-    data = json.loads(text)
-    if int(data.get("format", 0)) > FORMAT:
-        raise ValueError(f"route table format {data['format']} is newer than this gateway understands")
-    routes = tuple(  # fields a newer watcher added are ignored: a gateway keeps serving across upgrades
-        RouteEntry(**{**{k: v for k, v in r.items() if k in _ENTRY_FIELDS}, "replicas": _replicas(r),
-                      "shadow": _shadow(r.get("shadow")), "canary": _canary(r.get("canary")),
-                      "building": EnvBuild(**r["building"]) if r.get("building") else None,
-                      "scale": ScaleView(**r["scale"]) if r.get("scale") else None})
-        for r in data.get("routes", ())
-    )
-    return RouteTable(int(data["serial"]), float(data.get("published_at", 0.0)), routes)
+def from_json(text: str | bytes) -> RouteTable:
+    """Parse and check a table; anything else than what :func:`to_json` writes raises
+    :class:`TableError` (one type, so a reader can keep its last good table). Fields a newer
+    watcher added are ignored: a gateway keeps serving across upgrades."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # also bytes that are not UTF-8, or nested too deep
+        raise TableError(f"not JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise TableError(f"expected a JSON object, got {_kind(data)}")
+    if "serial" not in data:
+        raise TableError("missing 'serial'")
+    values = {}
+    for name, kind, default in (("format", int, 0), ("serial", int, None), ("published_at", float, 0.0),
+                                ("routes", tuple[RouteEntry, ...], [])):
+        try:
+            values[name] = _parser(kind)(data.get(name, default))
+        except TableError as exc:
+            raise exc.inside(name) from None
+    if values["format"] > FORMAT:
+        raise TableError(f"route table format {values['format']} is newer than this gateway understands")
+    return RouteTable(values["serial"], values["published_at"], values["routes"])
 
 
-def _replicas(data: dict) -> tuple[Replica, ...]:
-    return tuple(Replica(**rep) for rep in data.get("replicas", ()))
+Parser = typing.Callable[[object], typing.Any]
 
 
-def _shadow(data: dict | None) -> ShadowTarget | None:
-    return ShadowTarget(**{**data, "replicas": _replicas(data)}) if data else None
+@functools.cache
+def _parser(kind: object) -> Parser:
+    """A checker for the annotated type ``kind`` (a dataclass of this module, ``tuple[X, ...]``,
+    ``X | None``, int, float or str) that returns the value as that type, built once per type."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        inner = _parser(next(a for a in args if a is not type(None)))
+        return lambda value: None if value is None else inner(value)
+    if typing.get_origin(kind) is tuple:
+        return functools.partial(_items, _parser(args[0]))
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        spec = tuple((f.name, _parser(hints[f.name]), f.default is MISSING and f.default_factory is MISSING)
+                     for f in fields(kind))
+        return functools.partial(_record, kind, spec)
+    return functools.partial(_scalar, kind, _SCALARS[kind])
 
 
-def _canary(data: dict | None) -> CanaryTarget | None:
-    return CanaryTarget(**{**data, "replicas": _replicas(data)}) if data else None
+def _items(item: Parser, value: object) -> tuple:
+    if not isinstance(value, list):
+        raise TableError(f"expected a list, got {_kind(value)}")
+    out = []
+    for i, v in enumerate(value):
+        try:
+            out.append(item(v))
+        except TableError as exc:
+            raise exc.inside(f"[{i}]") from None
+    return tuple(out)
+
+
+def _record(cls: type, spec: tuple[tuple[str, Parser, bool], ...], value: object) -> typing.Any:
+    if not isinstance(value, dict):
+        raise TableError(f"expected an object, got {_kind(value)}")
+    values = {}
+    for name, parse, required in spec:
+        if name in value:
+            try:
+                values[name] = parse(value[name])
+            except TableError as exc:
+                raise exc.inside(f".{name}") from None
+        elif required:
+            raise TableError(f"missing {name!r}")
+    return cls(**values)
+
+
+def _scalar(kind: type, ok: typing.Callable[[object], bool], value: object) -> object:
+    if not ok(value):
+        raise TableError(f"expected {kind.__name__}, got {_kind(value)}")
+    return float(value) if kind is float else value
+
+
+_SCALARS = {  # bool is an int in Python, never in a table; NaN, infinities and 400-digit ints are not times
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max,
+    str: lambda v: isinstance(v, str),
+}
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return "null" if value is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__)
 
 
 def write(path: Path, table: RouteTable) -> None:
@@ -151,21 +236,34 @@ def write(path: Path, table: RouteTable) -> None:
 
 
 def read(path: Path) -> RouteTable | None:
-    """The table on disk, or None when there is none yet (or it cannot be read)."""
+    """The table on disk, or None when there is none yet; TableError when it is unusable."""
     try:
-        return from_json(path.read_text())
+        return from_json(_read_bytes(path))
     except FileNotFoundError:
         return None
 
 
+def _read_bytes(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_TABLE_BYTES + 1)
+    if len(data) > MAX_TABLE_BYTES:
+        raise TableError(f"over {MAX_TABLE_BYTES} bytes")
+    return data
+
+
 class TableFile:
-    """Reload the table when the file changes; cheap enough to call on every tick."""
+    """Reload the table when the file changes; cheap enough to call on every tick.
+
+    Never raises: a file that cannot be used (truncated, not JSON, a route missing a key, a
+    wrong type) is logged once per distinct content and the last good table stays in
+    service, in ``table``, until a good one replaces it; ``error`` says why meanwhile."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.table = RouteTable()
         self.error: str | None = None
         self._stamp: tuple[int, int, int] | None = None
+        self._bad: str | None = None  # digest of the unusable content last warned about
 
     def refresh(self) -> bool:
         """Reload if the file changed; True when a new table was loaded."""
@@ -173,18 +271,28 @@ class TableFile:
             st = self.path.stat()
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            self._refuse(f"{type(exc).__name__}: {exc}", repr(exc))
+            return False
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return False
+        self._stamp = stamp  # each change is read once: a bad file is not parsed again every tick
         try:
-            table = read(self.path)
-        except (OSError, ValueError, TypeError, KeyError) as exc:  # keep serving the last good table
-            self.error = f"{type(exc).__name__}: {exc}"
-            self._stamp = stamp
+            data = _read_bytes(self.path)
+        except FileNotFoundError:
             return False
-        if table is None:
+        except (OSError, TableError) as exc:  # too big, or unreadable (then tried again next tick)
+            if isinstance(exc, OSError):
+                self._stamp = None
+            self._refuse(f"{type(exc).__name__}: {exc}", repr(exc))
             return False
-        self._stamp, self.error = stamp, None
+        try:
+            table = from_json(data)
+        except TableError as exc:
+            self._refuse(str(exc), hashlib.sha256(data).hexdigest())
+            return False
+        self.error, self._bad = None, None
         if table.serial < self.table.serial and self.table.serial:
             # An older snapshot than ours (a watcher that restarted from an older file):
             # still take it, the file is the truth, but say so in /health.
@@ -192,15 +300,25 @@ class TableFile:
         self.table = table
         return True
 
+    def _refuse(self, reason: str, digest: str) -> None:
+        self.error = f"{self.path.name} is unusable ({reason}): serving table {self.table.serial}"
+        if digest != self._bad:
+            self._bad = digest
+            log.warning("route table unusable: keeping the last good one",
+                        extra={"path": str(self.path), "error": reason, "serial": self.table.serial})
+
 
 class TablePublisher:
     """The watcher's side: publish only real changes, with a serial that never goes back."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.last: RouteTable | None = None
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        self.last: RouteTable | None = None  # the previous watcher's table: the next one's seed
+        try:
             self.last = read(path)
+        except (OSError, TableError) as exc:  # replaced by this watcher's first publish
+            log.warning("route table unusable: starting without the last published table",
+                        extra={"path": str(path), "error": f"{type(exc).__name__}: {exc}"})
         self.serial = self.last.serial if self.last else 0
 
     def publish(self, routes: tuple[RouteEntry, ...]) -> RouteTable:

@@ -12,6 +12,7 @@ list of rows, or a dict of columns). Both answers are flattened to scalars in or
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,8 @@ class Comparison:
     kind: str  # classification | regression | mismatch
     rows: int  # values compared
     agree: int = 0  # classification: equal values
-    abs_diff_sum: float = 0.0  # regression: sum of |primary - shadow|
+    abs_diff_sum: float = 0.0  # regression: sum of |primary - shadow| over the pairs where both are finite
+    nonfinite: int = 0  # regression: pairs where either answer is NaN or inf (a disagreement, never a pass)
 
 
 def compare(primary: bytes, shadow: bytes, mode: str = "auto") -> Comparison:
@@ -36,10 +38,11 @@ def compare(primary: bytes, shadow: bytes, mode: str = "auto") -> Comparison:
     if kind == "classification":
         return Comparison(kind, len(left), agree=sum(1 for a, b in zip(left, right, strict=True) if a == b))
     try:
-        diff = sum(abs(float(a) - float(b)) for a, b in zip(left, right, strict=True))
+        pairs = [(float(a), float(b)) for a, b in zip(left, right, strict=True)]
     except (TypeError, ValueError):
         return Comparison("mismatch", 0)
-    return Comparison(kind, len(left), abs_diff_sum=diff)
+    finite = [abs(a - b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    return Comparison(kind, len(left), abs_diff_sum=sum(finite), nonfinite=len(pairs) - len(finite))
 
 
 def _predictions(body: Any) -> Any:

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-from mlops_autoserve.watcher.environments import Environments
+from mlops_autoserve.metrics import AutoserveMetrics
+from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher.environments import EnvBuildError, Environments
 from mlops_autoserve.watcher.envspec import this_interpreter
 from mlops_autoserve.watcher.envstore import ProcessEnvs
-from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.watcher.reconciler import ERROR_TAG
-from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher.runtime.base import DeploymentKey
 
 import mlops_toolkit as mt
 from tests.harness import Watcher, http_json, wait_for
+from tests.mlops_autoserve.watcher.buildfaults import StuckIndex, register_requirements
 
 pytestmark = pytest.mark.slow
 BUILD_TIMEOUT = 300  # a cold build downloads from the index; seconds, not minutes, when it answers
@@ -64,9 +68,10 @@ def _invoke(watcher: Watcher, model: str, payload: dict):
     return http_json("POST", f"{watcher.url}/serve/{model}/envprod/invocations", payload)
 
 
-def _envs(watcher: Watcher) -> list[dict]:
+def _envs(watcher: Watcher, kind: str = "env") -> list[dict]:
+    """The built environments (kind "env"), or uv's download cache row ("download-cache")."""
     _, _, data = http_json("GET", f"{watcher.watcher_url}/envs")
-    return data["environments"]
+    return [e for e in data["environments"] if e["kind"] == kind]
 
 
 def test_lightgbm_model_is_served_from_an_environment_built_before_the_switch(watcher, env_models, env_cache):
@@ -87,6 +92,9 @@ def test_lightgbm_model_is_served_from_an_environment_built_before_the_switch(wa
     envs = _envs(watcher)
     assert [(e["key"], e["in_use"]) for e in envs] == [(record["env"], True)]
     assert envs[0]["size_bytes"] > 10 * 1024**2 and any(r.startswith("lightgbm==") for r in envs[0]["requirements"])
+    # uv's download cache, shown beside them: what only it holds (the installed files are links)
+    [cache] = _envs(watcher, "download-cache")
+    assert cache["location"] == str(env_cache / ".uv-cache") and 0 < cache["size_bytes"] < envs[0]["size_bytes"]
 
 
 def test_second_version_with_the_same_requirements_needs_no_build(watcher, env_models):
@@ -132,10 +140,13 @@ def test_serve_envs_lists_sizes_and_use(watcher, env_models, mlops_script):
     lines = result.stdout.splitlines()
     assert lines[0].split()[:4] == ["ENV", "SIZE", "BUILT", "IN"]
     rows = {line.split()[0]: line for line in lines[1:]}
+    cache = rows.pop(".uv-cache")  # uv's download cache has a row of its own, with its size
+    assert float(cache.split()[1]) > 0 and cache.split()[2] in ("B", "KB", "MB", "GB")
+    assert cache.rstrip().endswith("/.uv-cache")
     assert len(rows) == 2 and all(" MB " in row for row in rows.values())
     assert any("lightgbm==" in row for row in rows.values()) and any("emoji==" in row for row in rows.values())
     as_json = json.loads(mlops_script("serve", "envs", "--watcher", watcher.watcher_url, "--json").stdout)
-    assert as_json["env_manager"] == "auto" and len(as_json["environments"]) == 2
+    assert as_json["env_manager"] == "auto" and [e["kind"] for e in as_json["environments"]].count("env") == 2
 
 
 def test_idle_environments_are_removed_and_those_in_use_kept(watcher, env_models, env_cache, tracking_uri):
@@ -182,3 +193,78 @@ def test_env_manager_local_serves_from_the_serving_environment(tracking_uri, env
 def _status_rows(watcher: Watcher) -> list[dict]:
     _, _, data = http_json("GET", watcher.admin_url + "/endpoints")
     return data
+
+
+# -- one build per environment, shared (no watcher: Environments on a real uv and a real registry) --
+def _environments(tracking_uri: str, cache: Path, backoff_initial: float, backoff_max: float) -> Environments:
+    settings = AutoserveSettings(tracking_uri=tracking_uri, env_cache=cache, backoff_initial=backoff_initial,
+                                 backoff_max=backoff_max)
+    return Environments(settings, AutoserveMetrics(), ProcessEnvs(cache, 120))
+
+
+def _builds(environments: Environments, result: str = "failed") -> float:
+    """uv builds run to their end, by result."""
+    return environments.metrics.registry.get_sample_value("autoserve_env_build_seconds_count", {"result": result}) or 0
+
+
+def _prepare_error(environments: Environments, key: DeploymentKey) -> str:
+    with pytest.raises(EnvBuildError) as failed:
+        environments.prepare(key)
+    return str(failed.value)
+
+
+def test_replicas_and_versions_of_one_environment_wait_for_one_build_and_share_its_failure(
+        tracking_uri, mlflow_client, tmp_path, monkeypatch):
+    monkeypatch.setenv("UV_HTTP_TIMEOUT", "300")  # uv waits on the stuck index until the test closes it
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    name = f"stuck-{uuid.uuid4().hex[:6]}"
+    with StuckIndex() as index:
+        v1, v2 = register_requirements(mlflow_client, name, [f"--index-url {index.url}", "mlops-stuck-package==1.0"],
+                                       versions=2)  # the same requirements: one environment
+        environments = _environments(tracking_uri, tmp_path, backoff_initial=60, backoff_max=60)
+        errors: list[str] = []
+        callers = [threading.Thread(target=lambda k=key: errors.append(_prepare_error(environments, k)))
+                   for key in (DeploymentKey(name, v) for v in (v1, v1, v2, v2))]  # two replicas of each
+        for caller in callers:
+            caller.start()
+        wait_for(lambda: index.connections and set(environments.building()) == {(name, v1), (name, v2)}, 30,
+                 what="one build on the stuck index, both versions shown waiting on it")
+        time.sleep(0.5)  # every caller has long reached the build or the wait for it
+        assert environments.metrics.env_builds_in_progress._value.get() == 1  # one uv, not four
+        assert len({b.env for b in environments.building().values()}) == 1
+        index.close()  # the build fails now (connection refused)
+        for caller in callers:
+            caller.join(30)
+    assert len(errors) == 4 and len(set(errors)) == 1, errors  # every caller failed once, with the same reason
+    assert errors[0].startswith("environment build failed: ") and "127.0.0.1" in errors[0]
+    assert _builds(environments) == 1 and environments.building() == {}
+    started = time.monotonic()  # a replica queued behind the build: the same error at once, no new build
+    assert _prepare_error(environments, DeploymentKey(name, v2)) == errors[0]
+    assert time.monotonic() - started < 1.0 and _builds(environments) == 1
+
+
+def test_a_failed_environment_is_built_again_only_after_its_back_off_which_doubles(
+        tracking_uri, mlflow_client, tmp_path, monkeypatch):
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    with StuckIndex() as index:
+        url = index.url  # closed below: every build of this key fails at once (connection refused)
+    name = f"refused-{uuid.uuid4().hex[:6]}"
+    (version,) = register_requirements(mlflow_client, name, [f"--index-url {url}", "mlops-refused-package==1.0"])
+    key = DeploymentKey(name, version)
+    environments = _environments(tracking_uri, tmp_path, backoff_initial=1.5, backoff_max=3.0)
+
+    def attempt() -> tuple[str, float]:
+        error = _prepare_error(environments, key)
+        return error, time.monotonic()
+
+    error, failed_at = attempt()
+    assert _builds(environments) == 1 and "Connection refused" in error
+    assert attempt()[0] == error and _builds(environments) == 1  # backing off: the remembered error, no build
+    time.sleep(max(0.0, failed_at + 1.5 + 0.3 - time.monotonic()))
+    error, failed_at = attempt()
+    assert _builds(environments) == 2  # the back-off is over: built (and failed) again
+    time.sleep(1.5 + 0.3)  # past the first back-off, inside the doubled one
+    assert attempt()[0] == error and _builds(environments) == 2
+    time.sleep(max(0.0, failed_at + 3.0 + 0.3 - time.monotonic()))
+    attempt()
+    assert _builds(environments) == 3

@@ -11,7 +11,12 @@ from mlops_autoserve.watcher.envspec import (
     requirement_lines,
     unmet,
 )
-from mlops_autoserve.watcher.envstore import EnvInfo, failure_reason, to_prune, uv_environment
+from mlops_autoserve.watcher.envstore import (
+    EnvInfo,
+    failure_reason,
+    to_prune,
+    uv_environment,
+)
 
 SERVING = Interpreter("3.11.7", {"mlflow": "3.17.2", "numpy": "2.4.6", "scikit-learn": "1.9.1", "pandas": "3.1.1"})
 

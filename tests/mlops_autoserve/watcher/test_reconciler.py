@@ -10,9 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from mlops_autoserve.watcher.desired import Desired
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.watcher.reconciler import Reconciler
 from mlops_autoserve.routetable import (
     Replica,
     RouteEntry,
@@ -20,14 +18,28 @@ from mlops_autoserve.routetable import (
     read,
     table_path,
 )
-from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Endpoint, Health
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher.desired import Desired
+from mlops_autoserve.watcher.reconciler import Reconciler
+from mlops_autoserve.watcher.runtime.base import (
+    Deployment,
+    DeploymentKey,
+    Endpoint,
+    Health,
+)
+
+from tests.harness import wait_for
 
 M = "iris"
 
 
 class FakeRuntime:
     """Deployments in a dict; health as the test sets it; records every start and stop."""
+
+    manages_replicas = False
+
+    def want(self, counts, floors) -> None:
+        raise AssertionError("only a runtime that keeps its replicas is handed counts")
 
     def __init__(self) -> None:
         self.running: dict[str, Deployment] = {}
@@ -106,7 +118,7 @@ def test_restart_in_the_middle_of_a_move_keeps_the_old_version_routed(tmp_path):
     route = read(table_path(tmp_path)).get(M, "Production")
     assert (route.version, route.state, [r.ident for r in route.replicas]) == (2, "ready", ["new"])
     reconciler.reconcile_once()  # drain_seconds=0: the old one is retired (stopped on the pool)
-    for stopping in list(reconciler._stopping.values()):
+    for stopping in list(reconciler.route_controller.stopping.values()):
         stopping.result(5)
     assert runtime.stopped == ["old"]
 
@@ -175,7 +187,7 @@ def test_an_aborted_rollout_gives_the_traffic_back_in_the_next_cycle_not_the_nex
 
     rollouts.abort_rollout(model)
     if seen_by == "registry read":
-        reconciler._registry_due = True  # as a webhook or the poll would
+        reconciler.source.due = True  # as a webhook or the poll would
     reconciler.reconcile_once()
     assert read(table_path(tmp_path)).get(model, "Production").canary is None
     reconciler.reconcile_once()
@@ -205,7 +217,7 @@ def test_prod_keeps_an_alias_on_what_it_served_until_the_wanted_version_is_appro
 
     mt.set_alias(model, "Production", 2)
     mt.set_alias(model, "staging", 3)
-    reconciler._registry_due = True
+    reconciler.source.due = True
     reconciler.reconcile_once()
     table = read(table_path(tmp_path))
     production, staging = table.get(model, "Production"), table.get(model, "staging")
@@ -218,8 +230,9 @@ def test_prod_keeps_an_alias_on_what_it_served_until_the_wanted_version_is_appro
     assert blocked.labels(model, "Production", "2")._value.get() == 1
 
     approvals.approve(model, 2)
-    reconciler._registry_due = True
+    reconciler.source.due = True
     reconciler.reconcile_once()
+    wait_for(lambda: runtime.started, 5, what="the deploy started on the work queue")
     assert [key.version for key, _ in runtime.started] == [2]  # the move goes ahead (blue/green)
     assert read(table_path(tmp_path)).get(model, "Production").state == "switching"
 
@@ -248,11 +261,10 @@ class ReplicatingRuntime(FakeRuntime):
 
 def test_a_runtime_that_keeps_the_replicas_gets_the_counts_and_one_deployment_per_version(tmp_path):
     runtime = ReplicatingRuntime()
-    desired = Desired({(M, "Production"): 1})
-    desired.replicas[M] = 3
+    desired = Desired({(M, "Production"): 1}, replicas={M: 3})
     reconciler = _reconciler(tmp_path, runtime, FakeReader(desired))
     reconciler.reconcile_once()
-    for pending in list(reconciler._pending.values()):
+    for pending in list(reconciler.route_controller.pending.values()):
         pending.result(5)
     assert runtime.started == [(DeploymentKey(M, 1), 0)]  # one deployment, not three
     assert runtime.wanted[-1] == {DeploymentKey(M, 1): 3}
@@ -279,3 +291,50 @@ def test_a_restart_in_the_middle_of_a_move_matches_the_tables_copies_to_their_de
     assert (route.version, route.state, route.since) == (1, "switching", 5.0)
     assert [r.ident for r in route.replicas] == ["task-a", "task-b"]
     assert runtime.started == [] and runtime.stopped == []
+
+
+def test_prod_blocking_the_serving_version_takes_it_out_back_to_the_last_good_one(tmp_path, make_model,
+                                                                                 tracking_uri):
+    """The kill switch kills: blocking the version an alias serves moves the route, blue/green,
+    to the newest approved, unblocked version in that alias's history; with none, nothing
+    serves (the gateway answers 503 with the reason). The real registry; an in-memory runtime."""
+    import mlops_toolkit as mt
+    from mlops_toolkit import approvals
+
+    model = make_model(versions=2)
+    for version in (1, 2):
+        approvals.approve(model, version)
+    mt.set_alias(model, "Production", 1)
+    mt.set_alias(model, "Production", 2)  # the history now says v1 served before
+    runtime = FakeRuntime()
+    runtime.add("v2", 2, model=model)
+    config = AutoserveSettings(tracking_uri=tracking_uri, state_dir=tmp_path, smoke_test=False, drain_seconds=0.0,
+                               poll_interval=3600, models=frozenset({model}), environment="prod")
+    reconciler = Reconciler(config, runtime, AutoserveMetrics())
+    reconciler.reconcile_once()
+    assert read(table_path(tmp_path)).get(model, "Production").version == 2
+
+    approvals.block(model, 2, reason="leaked split")
+    reconciler.source.due = True
+    reconciler.reconcile_once()
+    wait_for(lambda: runtime.started, 5, what="the last good version started")
+    assert [key.version for key, _ in runtime.started] == [1]
+    route = read(table_path(tmp_path)).get(model, "Production")
+    assert (route.version, route.state) == (2, "blocked")  # blue/green: v2 answers until v1 is ready
+    runtime.health_of["new-1-0"] = Health.READY
+    for pending in list(reconciler.route_controller.pending.values()):
+        pending.result(10)
+    reconciler.reconcile_once()
+    route = read(table_path(tmp_path)).get(model, "Production")
+    assert (route.version, route.desired_version, route.state) == (1, 2, "blocked")
+    assert route.last_error == f"v2 is blocked in prod (mlops unblock {model} --version 2)"
+    reconciler.reconcile_once()  # v2 is out of every route: retired
+    wait_for(lambda: "v2" in runtime.stopped, 5, what="the blocked version stopped")
+    assert reconciler.metrics.route_blocked.labels(model, "Production", "2")._value.get() == 1
+
+    approvals.block(model, 1, reason="also leaked")  # nothing left that may serve
+    reconciler.source.due = True
+    reconciler.reconcile_once()
+    route = read(table_path(tmp_path)).get(model, "Production")
+    assert (route.version, route.state, route.replicas) == (None, "blocked", ())
+    assert "no approved, unblocked version in its history" in route.last_error

@@ -7,6 +7,7 @@ import pytest
 
 import mlops_toolkit as mt
 from mlops_toolkit import rollout as rollouts
+from mlops_toolkit.governance import acting_user
 from tests.harness import LoadClient, Watcher, wait_for
 
 pytestmark = pytest.mark.slow
@@ -42,8 +43,11 @@ def _path(model: str) -> str:
     return f"/serve/{model.replace(' ', '%20')}/Production/invocations"
 
 
-def test_a_good_candidate_takes_the_alias_step_by_step(watcher, served_model):
+def test_a_good_candidate_takes_the_alias_step_by_step(watcher, served_model, monkeypatch):
+    """... and the promotion is the watcher's: the starter is recorded as requested_by."""
     model, (v1, v2, _) = served_model.name, served_model.good
+    watcher_user = acting_user()  # as the watcher process started: it keeps its own user
+    monkeypatch.setenv("MLOPS_USER", "ana-the-starter")
     watcher.serving(model, DEPLOY_TIMEOUT, Production=v1, challenger=v2)
     with LoadClient(watcher.port, _path(model)) as load:
         wait_for(lambda: load.sent > 20, 10, what="load running")
@@ -56,7 +60,9 @@ def test_a_good_candidate_takes_the_alias_step_by_step(watcher, served_model):
         wait_for(lambda: watcher.endpoint_ready("Production", v2), 30, what="Production on the candidate")
     assert done.state == "passed", done
     assert mt.get_alias(model, "Production").version == v2
-    assert mt.alias_history(model, "Production")[-1].reason.startswith("rollout: rollout passed 2 steps")
+    promotion = mt.alias_history(model, "Production")[-1]
+    assert promotion.reason.startswith("rollout: rollout passed 2 steps")
+    assert (promotion.user, promotion.requested_by) == (watcher_user, "ana-the-starter")
     assert load.failed == 0, load.codes
     assert 'autoserve_rollout_total{model="%s",result="passed"}' % model in watcher.metrics_text()
 

@@ -25,11 +25,11 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mlops_autoserve.watcher.desired import Desired
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.routetable import ScaleView
-from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher.desired import Desired
+from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey
 from mlops_toolkit import http
 
 log = logging.getLogger("autoserve.autoscale")

@@ -15,10 +15,10 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mlops_autoserve.watcher import webhook
 from mlops_autoserve.metrics import AutoserveMetrics
-from mlops_autoserve.watcher.reconciler import Reconciler
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher import webhook
+from mlops_autoserve.watcher.reconciler import Reconciler
 
 log = logging.getLogger("autoserve.control")
 

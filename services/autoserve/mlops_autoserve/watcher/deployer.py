@@ -7,9 +7,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-from mlops_autoserve.watcher.environments import EnvBuildError, Environments
-from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Health, Runtime
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher.environments import EnvBuildError, Environments
+from mlops_autoserve.watcher.runtime.base import (
+    Deployment,
+    DeploymentKey,
+    Health,
+    Runtime,
+)
 from mlops_toolkit import http
 from mlops_toolkit.errors import one_line
 from mlops_toolkit.waiting import WaitTimeout, wait_until

@@ -34,6 +34,10 @@ from mlops_autoserve.watcher.envspec import (
 Progress = Callable[[str], None]
 READY_FILE = "mlops-env.json"  # written last: an environment without it is an unfinished build
 LAST_USED_FILE = ".mlops-last-used"
+DOWNLOAD_CACHE = ".uv-cache"  # uv's download and wheel cache, inside the environments' directory
+DOWNLOAD_CACHE_KIND = "download-cache"  # its row among the environments (EnvInfo.kind)
+CACHE_LOCK_WAIT = 5  # seconds `uv cache prune|clean` waits for a build (another watcher's) to finish
+CACHE_CLEAN_TIMEOUT = 300.0
 ENV_LABEL = "mlops.env"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _DOCKER_NOISE = re.compile(r"^\s*(Removing intermediate container|Running in|---> |Step \d+/\d+|Successfully )")
@@ -63,6 +67,7 @@ class EnvInfo:
     last_used: float
     requirements: tuple[str, ...] = ()
     in_use: bool = field(default=False, compare=False)
+    kind: str = "env"  # or DOWNLOAD_CACHE_KIND: uv's cache, counted toward the same limit
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,8 +148,21 @@ class ProcessEnvs:
     def __init__(self, cache_dir: Path, build_timeout: float) -> None:
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.download_cache = self.cache_dir / DOWNLOAD_CACHE
         self.build_timeout = build_timeout
         self._interpreter: Interpreter | None = None
+        self._running: set[subprocess.Popen] = set()  # uv steps running now: a shutdown ends them
+        self._running_lock = threading.Lock()
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """End every build step now (the watcher is stopping): a hung install must not hold
+        the shutdown for up to --env-build-timeout. Its deploy fails; the next watcher builds."""
+        with self._running_lock:
+            self._cancelled = True
+            for process in self._running:
+                with contextlib.suppress(OSError):
+                    process.kill()
 
     def interpreter(self) -> Interpreter:
         if self._interpreter is None:
@@ -171,7 +189,7 @@ class ProcessEnvs:
         shutil.rmtree(folder, ignore_errors=True)  # an unfinished build (the watcher died during it)
         started = time.time()
         uv = uv_binary()
-        env = {**uv_environment(), "UV_CACHE_DIR": str(self.cache_dir / ".uv-cache")}
+        env = {**uv_environment(), "UV_CACHE_DIR": str(self.download_cache)}
         deadline = time.monotonic() + self.build_timeout
         try:
             self._run([uv, "venv", "--quiet", "--python", sys.executable, str(folder)], env, deadline, progress)
@@ -197,13 +215,38 @@ class ProcessEnvs:
         for ready in sorted(self.cache_dir.glob(f"*/{READY_FILE}")):
             try:
                 data = json.loads(ready.read_text())
-            except (OSError, ValueError):
-                continue
-            last_used = ready.parent / LAST_USED_FILE
-            used = last_used.stat().st_mtime if last_used.exists() else data["built_at"]
-            envs.append(EnvInfo(data["key"], data["location"], int(data["size_bytes"]), float(data["built_at"]),
-                                float(data["build_seconds"]), used, tuple(data.get("requirements", ()))))
+                last_used = ready.parent / LAST_USED_FILE
+                used = last_used.stat().st_mtime if last_used.exists() else data["built_at"]
+                envs.append(EnvInfo(data["key"], data["location"], int(data["size_bytes"]), float(data["built_at"]),
+                                    float(data["build_seconds"]), used, tuple(data.get("requirements", ()))))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # not a record this store wrote: not listed (and so never removed by the clean-up)
         return envs
+
+    def download_cache_info(self) -> EnvInfo | None:
+        """uv's download cache as one more row: the bytes only it holds (a file a built
+        environment hard-links from it is counted in that environment's size already)."""
+        folder = self.download_cache
+        try:
+            stamps = [folder.stat().st_mtime, *(entry.stat().st_mtime for entry in folder.iterdir())]
+        except OSError:  # none yet (or being cleaned right now)
+            return None
+        return EnvInfo(DOWNLOAD_CACHE, str(folder), _tree_size(folder, shared=False), min(stamps), 0.0, max(stamps),
+                       kind=DOWNLOAD_CACHE_KIND)
+
+    def clean_download_cache(self, everything: bool) -> None:
+        """``uv cache prune`` (what no cache entry refers to) or ``uv cache clean`` (all of it).
+        Built environments keep the files they link; a later build downloads again. uv waits
+        for a build using the cache (another watcher's) CACHE_LOCK_WAIT seconds, then fails."""
+        command = [uv_binary(), "cache", "clean" if everything else "prune"]
+        env = {**uv_environment(), "UV_CACHE_DIR": str(self.download_cache), "UV_LOCK_TIMEOUT": str(CACHE_LOCK_WAIT)}
+        try:
+            result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    errors="replace", timeout=CACHE_CLEAN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise EnvBuildError(f"uv cache {command[2]} took over {CACHE_CLEAN_TIMEOUT:.0f} s") from None
+        if result.returncode != 0:
+            raise EnvBuildError(f"uv cache {command[2]} failed: {failure_reason(result.stdout + result.stderr)}")
 
     def remove(self, key: str) -> None:
         with self.locked(key):
@@ -214,11 +257,14 @@ class ProcessEnvs:
         with contextlib.suppress(FileNotFoundError):
             (self.cache_dir / f".{key}.lock").unlink()
 
-    @staticmethod
-    def _run(command: list[str], env: dict[str, str], deadline: float, progress: Progress) -> None:
+    def _run(self, command: list[str], env: dict[str, str], deadline: float, progress: Progress) -> None:
         """Run one uv step, reporting its summary lines; its output is the reason if it fails."""
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                   stdin=subprocess.DEVNULL, text=True, errors="replace")
+        with self._running_lock:
+            if self._cancelled:
+                raise EnvBuildError("the watcher is shutting down")
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                       stdin=subprocess.DEVNULL, text=True, errors="replace")
+            self._running.add(process)
         timer = threading.Timer(max(0.0, deadline - time.monotonic()), process.kill)
         timer.start()
         output = []
@@ -231,6 +277,10 @@ class ProcessEnvs:
         finally:
             timer.cancel()
             process.stdout.close()
+            with self._running_lock:
+                self._running.discard(process)
+        if self._cancelled and code != 0:
+            raise EnvBuildError("the watcher is shutting down")
         if time.monotonic() >= deadline and code != 0:
             raise EnvBuildError("environment build timed out (--env-build-timeout)")
         if code != 0:
@@ -340,6 +390,13 @@ class DockerEnvs:
     def touch(self, key: str) -> None:
         self._record(key)
 
+    def download_cache_info(self) -> EnvInfo | None:
+        """None: image builds run uv with --no-cache, there is no download cache on the host."""
+        return None
+
+    def clean_download_cache(self, everything: bool) -> None:
+        """Nothing to clean (see :meth:`download_cache_info`)."""
+
     def list(self) -> list[EnvInfo]:
         ledger = self._read_ledger()
         base_sizes: dict[str, int] = {}
@@ -439,13 +496,16 @@ def _build_context(lines: list[str], files: tuple[tuple[str, str], ...], base_id
     return buffer
 
 
-def _tree_size(folder: Path) -> int:
-    """Bytes on disk, each hard-linked file counted once (uv links from its cache)."""
+def _tree_size(folder: Path, shared: bool = True) -> int:
+    """Bytes on disk, each hard-linked file counted once (uv links from its cache); with
+    ``shared=False`` only files linked nowhere else (uv's cache: what it alone holds)."""
     seen, total = set(), 0
     for root, _, names in os.walk(folder):
         for name in names:
             with contextlib.suppress(OSError):
                 stat = os.lstat(os.path.join(root, name))
+                if not shared and stat.st_nlink > 1:
+                    continue
                 if (stat.st_dev, stat.st_ino) not in seen:
                     seen.add((stat.st_dev, stat.st_ino))
                     total += stat.st_blocks * 512

@@ -3,27 +3,34 @@
 The gateway is another process (:mod:`gateway_process`): started or reused here unless the
 watcher runs alone (``--no-gateway``), and stopped on exit only when the deployments are
 stopped too (not with ``--leave-running``).
+
+Audit events the reconcile loop records go through the toolkit's background writer while
+the watcher runs: a hung or absent audit store must not stall every model, nor lose the
+event (it waits in ``<state-dir>/audit-spool`` until the store answers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 
-from mlops_autoserve.watcher.control import ControlApi
-from mlops_autoserve.watcher.environments import Environments
 from mlops_autoserve.gateway import listen
 from mlops_autoserve.gateway_process import GatewayProcess
 from mlops_autoserve.metrics import AutoserveMetrics
+from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher.control import ControlApi
+from mlops_autoserve.watcher.environments import Environments
 from mlops_autoserve.watcher.reconciler import Reconciler
 from mlops_autoserve.watcher.runtime import create_runtime
-from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.watcher.statelock import StateLock
+from mlops_toolkit import audit
 from mlops_toolkit.jsonlog import configure_json_logging
 
 log = logging.getLogger("autoserve")
+AUDIT_FLUSH_S = 2.0  # on shutdown: what the store does not take by then stays in the spool
 
 
 def run(settings: AutoserveSettings, gateway: GatewayProcess | None = None, lock: StateLock | None = None) -> None:
@@ -67,6 +74,7 @@ async def _serve(settings: AutoserveSettings, reconciler: Reconciler, metrics: A
         "aliases": sorted(settings.aliases) or "all", "models": sorted(settings.models) or "all",
         "webhook_signed": bool(settings.webhook_secret),
     })
+    _start_audit(settings, metrics)
     reconciler.start()
     try:
         await stop.wait()
@@ -74,6 +82,15 @@ async def _serve(settings: AutoserveSettings, reconciler: Reconciler, metrics: A
         log.info("shutting down", extra={"leave_running": settings.leave_running})
         await control.cleanup()
         await loop.run_in_executor(None, reconciler.shutdown)
+        await loop.run_in_executor(None, functools.partial(audit.stop_background, AUDIT_FLUSH_S))
         if gateway is not None and not settings.leave_running:
             await loop.run_in_executor(None, gateway.stop)
         log.info("autoserve stopped")
+
+
+def _start_audit(settings: AutoserveSettings, metrics: AutoserveMetrics) -> None:
+    """The reconcile loop's audit events go through a background writer and its spool."""
+    audit.start_background(settings.state_dir / "audit-spool",
+                           on_result=lambda result: metrics.audit_events.labels(result).inc())
+    metrics.audit_queued.set_function(lambda: audit.background_stats()["queued"])
+    metrics.audit_spooled.set_function(lambda: audit.background_stats()["spooled"])

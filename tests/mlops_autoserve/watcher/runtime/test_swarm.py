@@ -232,8 +232,8 @@ def test_a_missing_image_is_one_error_on_the_route_and_starts_nothing(stack, ver
 
 def test_on_the_overlay_network_tasks_are_reached_at_their_own_address(stack, versions, served):
     """--docker-network without --docker-publish: a gateway on that network calls each task's address."""
-    from mlops_autoserve.watcher.runtime.swarm import SwarmRuntime
     from mlops_autoserve.settings import AutoserveSettings, DockerSettings
+    from mlops_autoserve.watcher.runtime.swarm import SwarmRuntime
 
     runtime = SwarmRuntime(AutoserveSettings(stack.uri, docker=DockerSettings(
         network=stack.name, instance=stack.name)))

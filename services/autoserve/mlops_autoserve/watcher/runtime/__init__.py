@@ -4,7 +4,12 @@ The reconciler only uses the :class:`~mlops_autoserve.watcher.runtime.base.Runti
 ``list``, ``start``, ``health`` and ``stop``.
 """
 
-from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Health, Runtime
+from mlops_autoserve.watcher.runtime.base import (
+    Deployment,
+    DeploymentKey,
+    Health,
+    Runtime,
+)
 
 __all__ = ["Deployment", "DeploymentKey", "Health", "Runtime", "create_runtime"]
 

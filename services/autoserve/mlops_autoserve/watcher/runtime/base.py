@@ -68,6 +68,18 @@ class Health(enum.Enum):
 
 
 class Runtime(Protocol):
+    """What every runtime does, and what it can do (``manages_replicas``)."""
+
+    # Capability: True when one deployment per version holds all its copies and the runtime
+    # keeps their count itself (a Swarm service's tasks): the watcher then plans one
+    # deployment per version and hands the counts to :meth:`want` every cycle. False: the
+    # watcher starts and stops each replica as a deployment of its own.
+    manages_replicas: bool
+
+    def want(self, counts: dict[DeploymentKey, int], floors: dict[str, int]) -> None:
+        """Only when ``manages_replicas``: run ``counts[key]`` copies of each planned version
+        (``floors``: each model's floor, for readiness)."""
+
     def list(self) -> list[Deployment]:
         """Every deployment this runtime runs for autoserve, alive or starting."""
 

@@ -15,13 +15,23 @@ and a host-run watcher use), or a named network where the gateway reaches the co
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from mlops_autoserve.watcher.envstore import ServeEnv
-from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Health, ping, slug
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher.envstore import ServeEnv
+from mlops_autoserve.watcher.runtime.base import (
+    Deployment,
+    DeploymentKey,
+    Health,
+    ping,
+    slug,
+)
 from mlops_toolkit.ops.processes import port_is_open
 
 LABEL = "mlops.autoserve"
@@ -34,6 +44,71 @@ CONTAINER_PORT = 8080
 LOG_OPTIONS = {"max-size": "10m", "max-file": "3", "labels": "mlops.autoserve,mlops.model,mlops.version",
                "tag": "{{.Name}}"}
 STOP_TIMEOUT = 10
+
+log = logging.getLogger("autoserve.docker")
+
+
+class BadLabels(ValueError):
+    """A container or service with autoserve's owner labels whose other labels it did not write."""
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What autoserve's labels on a container (or a Swarm service) say."""
+
+    key: DeploymentKey
+    started_at: float = 0.0
+    replica: int = 0
+    port: int = 0
+    aliases: tuple[str, ...] = ()
+    env: str | None = None
+
+
+def read_labels(labels: dict[str, str] | None) -> Labelled:
+    """Parse autoserve's labels; BadLabels when the model is missing or a number is not one."""
+    labels = labels or {}
+    model = labels.get("mlops.model")
+    if not model:
+        raise BadLabels("no mlops.model label")
+    return Labelled(
+        key=DeploymentKey(model, _number(labels, "mlops.version", int, None)),
+        started_at=_number(labels, "mlops.started_at", float, 0.0),
+        replica=_number(labels, "mlops.replica", int, 0),
+        port=_number(labels, "mlops.port", int, 0, high=65535),
+        aliases=tuple(a for a in labels.get("mlops.aliases", "").split(",") if a),
+        env=labels.get("mlops.env") or None,
+    )
+
+
+def _number(labels: dict[str, str], name: str, kind: type, default: float | None, high: float = math.inf):
+    text = labels.get(name) or ""
+    if not text and default is not None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise BadLabels(f"{name}={text[:40]!r} is not a number") from None
+    if not 0 <= value <= high or value == math.inf:  # also NaN
+        raise BadLabels(f"{name}={text[:40]!r} is out of range")
+    return value
+
+
+def usable(items: list, labels_of: Callable[[object], dict], warned: set[str],
+           what: str) -> list[tuple[object, Labelled]]:
+    """Each container (or service) with its parsed labels; one whose labels cannot be read is
+    skipped, with one warning for as long as it exists (``warned``: the ids reported)."""
+    good, bad = [], set()
+    for item in items:
+        try:
+            good.append((item, read_labels(labels_of(item))))
+        except BadLabels as exc:
+            bad.add(item.id)
+            if item.id not in warned:
+                log.warning(f"{what} skipped: its autoserve labels are unusable",
+                            extra={what: item.name, "id": item.id, "error": str(exc)})
+    warned.clear()  # forget those gone (or fixed): the set stays as small as the listing
+    warned.update(bad)
+    return good
 
 
 def instance_id(settings: AutoserveSettings) -> str:
@@ -51,7 +126,9 @@ def serve_command(key: DeploymentKey, host: str, port: int, workers: int) -> lis
 
 def serving_environment(settings: AutoserveSettings) -> dict[str, str]:
     """The registry as the container sees it, and the artifact store's credentials when set."""
+    # No uvicorn access log: a line per request would be most of what Docker's log keeps.
     return {"MLFLOW_TRACKING_URI": settings.docker.container_tracking_uri or settings.tracking_uri,
+            "UVICORN_ACCESS_LOG": "false",
             **{name: os.environ[name] for name in ARTIFACT_ENV if os.environ.get(name)}}
 
 
@@ -81,6 +158,11 @@ def remove_stale(collection, name: str, instance: str, labels_of, **remove_optio
 
 
 class DockerRuntime:
+    manages_replicas = False  # one deployment per replica (see Runtime)
+
+    def want(self, counts: dict[DeploymentKey, int], floors: dict[str, int]) -> None:
+        """Never called: the watcher starts and stops each replica itself."""
+
     def __init__(self, settings: AutoserveSettings) -> None:
         import docker
 
@@ -90,6 +172,7 @@ class DockerRuntime:
         self.instance = instance_id(settings)
         self._lock = threading.Lock()
         self._reserved_ports: set[int] = set()
+        self._bad_labels: set[str] = set()  # containers already warned about
 
     @property
     def host_network(self) -> bool:
@@ -100,7 +183,8 @@ class DockerRuntime:
         containers = self.client.containers.list(
             all=True, filters={"label": [f"{LABEL}=true", f"{LABEL}.instance={self.instance}"]}
         )
-        return [self._deployment(c) for c in containers]
+        return [self._deployment(c, info) for c, info in usable(containers, lambda c: c.labels, self._bad_labels,
+                                                                  "container")]
 
     def start(self, key: DeploymentKey, aliases: tuple[str, ...] = (), replica: int = 0,
               env: ServeEnv | None = None) -> Deployment:
@@ -170,23 +254,23 @@ class DockerRuntime:
             pass
 
     # -- helpers -------------------------------------------------------------------------
-    def _deployment(self, container) -> Deployment:
-        labels = container.labels
-        port = int(labels.get("mlops.port") or 0)
+    def _deployment(self, container, info: Labelled | None = None) -> Deployment:
+        info = info or read_labels(container.labels)
+        port = info.port
         if self.host_network or (self.settings.docker.publish and port):
             url = f"http://127.0.0.1:{port}"
         else:
             url = f"http://{container.name}:{CONTAINER_PORT}"
         return Deployment(
-            key=DeploymentKey(labels["mlops.model"], int(labels["mlops.version"])),
+            key=info.key,
             url=url,
             ident=container.id,
-            started_at=float(labels.get("mlops.started_at") or 0),
-            replica=int(labels.get("mlops.replica") or 0),
+            started_at=info.started_at,
+            replica=info.replica,
             port=port,
-            aliases=tuple(a for a in labels.get("mlops.aliases", "").split(",") if a),
+            aliases=info.aliases,
             name=container.name,
-            env=labels.get("mlops.env") or None,
+            env=info.env,
         )
 
     def _free_port(self) -> int:

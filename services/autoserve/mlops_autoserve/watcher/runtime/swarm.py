@@ -34,6 +34,7 @@ import re
 import threading
 import time
 
+from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.watcher.envstore import ServeEnv
 from mlops_autoserve.watcher.runtime.base import (
     Deployment,
@@ -47,12 +48,13 @@ from mlops_autoserve.watcher.runtime.docker import (
     LABEL,
     LOG_OPTIONS,
     instance_id,
+    read_labels,
     remove_stale,
     require_local_image,
     serve_command,
     serving_environment,
+    usable,
 )
-from mlops_autoserve.settings import AutoserveSettings
 from mlops_toolkit.errors import MlopsError, one_line
 from mlops_toolkit.ops.doctor import swarm_role
 
@@ -103,6 +105,7 @@ class SwarmRuntime:
         self._counts: dict[DeploymentKey, int] = {}
         self._floors: dict[str, int] = {}
         self._addresses: dict[str, str] = {}  # node id -> address its published ports answer on
+        self._bad_labels: set[str] = set()  # services already warned about
         # Ready once with their floor of tasks (or found running at start: adopted); from then
         # on one answering task keeps them ready while Swarm replaces the others.
         self._listed: list = self._services()  # as the last list() read them
@@ -226,7 +229,9 @@ class SwarmRuntime:
 
     # -- helpers -------------------------------------------------------------------------
     def _services(self) -> list:
-        return self.client.services.list(filters={"label": [f"{LABEL}=true", f"{LABEL}.instance={self.instance}"]})
+        """Ours, by label; one whose other labels cannot be read is skipped (with one warning)."""
+        found = self.client.services.list(filters={"label": [f"{LABEL}=true", f"{LABEL}.instance={self.instance}"]})
+        return [service for service, _ in usable(found, _labels, self._bad_labels, "service")]
 
     def _needed(self, model: str) -> int:
         floor = max(1, self._floors.get(model, self.settings.replicas))
@@ -278,5 +283,4 @@ def _labels(service) -> dict[str, str]:
 
 
 def _key(service) -> DeploymentKey:
-    labels = _labels(service)
-    return DeploymentKey(labels["mlops.model"], int(labels["mlops.version"]))
+    return read_labels(_labels(service)).key
