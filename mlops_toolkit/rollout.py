@@ -30,7 +30,7 @@ from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import NotFoundError, ValidationError
 from mlops_toolkit.governance import require
 from mlops_toolkit.registry import alias_map, get_model
-from mlops_toolkit.tags import fit
+from mlops_toolkit.tags import fit, json_object
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import RegisteredModel
@@ -264,13 +264,7 @@ def parse_rollout(model: str, alias: str, raw: str) -> Rollout:
     value that :func:`judge` or the watcher could trip over (no steps, NaN limits, a step
     past the last one, a version that is not a positive whole number) is refused here.
     """
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-        raise ValueError("not JSON") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    data = dict(data)
+    data = json_object(raw)
     fmt = data.pop("format", ROLLOUT_FORMAT)
     if fmt != ROLLOUT_FORMAT:
         raise ValueError(f"format {str(fmt)[:20]!r} is not {ROLLOUT_FORMAT} (written by another release?)")

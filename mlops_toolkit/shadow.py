@@ -11,6 +11,7 @@ the caller and counts agreement (classification) or the mean absolute difference
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from mlops_toolkit.config import registry, require_name, resolve_model_name
 from mlops_toolkit.errors import NotFoundError, ValidationError
 from mlops_toolkit.governance import require
 from mlops_toolkit.registry import alias_map, get_model, iter_registered_models
+from mlops_toolkit.tags import json_object
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import RegisteredModel
@@ -93,18 +95,30 @@ def shadows_of(model: RegisteredModel) -> list[Shadow]:
     """The readable shadows in a registered model's tags (a damaged tag is skipped)."""
     found = []
     for key, raw in (model.tags or {}).items():
-        if not key.startswith(SHADOW_TAG_PREFIX):
-            continue
-        try:
-            data = json.loads(raw)
-            percent = float(data.get("percent", 100.0))
-            compare = data.get("compare", "auto")
-            if not (0 < percent <= 100 and compare in COMPARISONS and data.get("alias")):
+        if key.startswith(SHADOW_TAG_PREFIX):
+            try:
+                found.append(parse_shadow(model.name, key[len(SHADOW_TAG_PREFIX):], raw))
+            except ValueError:
                 continue
-            found.append(Shadow(model.name, key[len(SHADOW_TAG_PREFIX):], str(data["alias"]), percent, compare))
-        except (ValueError, TypeError, AttributeError):
-            continue
     return found
 
 
-__all__ = ["COMPARISONS", "SHADOW_TAG_PREFIX", "Shadow", "clear_shadow", "list_shadows", "set_shadow", "shadows_of"]
+def parse_shadow(model: str, of: str, raw: str) -> Shadow:
+    """A shadow tag (``{"alias": "challenger", "percent": 10, "compare": "auto"}``), checked
+    field by field: ValueError says what is wrong (anyone who can write tags can write it)."""
+    data = json_object(raw)
+    alias, percent, compare = data.get("alias"), data.get("percent", 100.0), data.get("compare", "auto")
+    if not isinstance(alias, str) or not alias.strip() or len(alias) > 256:
+        raise ValueError("alias must be an alias name")
+    if alias == of:
+        raise ValueError("an alias cannot shadow itself")
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not math.isfinite(percent) \
+            or not 0 < percent <= 100:
+        raise ValueError("percent must be a number above 0 and at most 100")
+    if compare not in COMPARISONS:
+        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}")
+    return Shadow(model, of, alias, float(percent), compare)
+
+
+__all__ = ["COMPARISONS", "SHADOW_TAG_PREFIX", "Shadow", "clear_shadow", "list_shadows", "parse_shadow", "set_shadow",
+           "shadows_of"]

@@ -29,3 +29,17 @@ def fit(text: str, limit: int) -> str:
         if len(text) - keep == cut:
             return text[:keep] + marker
         cut = len(text) - keep
+
+
+def json_object(raw: str) -> dict:
+    """A tag's value as a JSON object, or ValueError saying why not (a registry writer can
+    leave anything in a tag: not JSON, another type, nesting too deep for the parser)."""
+    import json
+
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+        raise ValueError("not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    return data

@@ -16,7 +16,12 @@ import click
 from mlops_autoserve.options import declared, settings_command, values
 from mlops_autoserve.settings import AutoserveSettings, DockerSettings, GatewaySettings
 from mlops_toolkit import config, http
-from mlops_toolkit.cli.common import echo_json, echo_table, json_option, tracking_uri_option
+from mlops_toolkit.cli.common import (
+    echo_json,
+    echo_table,
+    json_option,
+    tracking_uri_option,
+)
 from mlops_toolkit.errors import MlopsError, TrackingUnavailableError
 
 # `mlops autoserve` has one --state-dir, the watcher's: its gateway reads the route table there.

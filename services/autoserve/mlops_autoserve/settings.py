@@ -15,7 +15,16 @@ from typing import ClassVar
 
 import click
 
-from mlops_autoserve.options import AUTOSCALING, DOCKER, ENVIRONMENTS, GATEWAY, WATCHER, Names, flag_of, setting
+from mlops_autoserve.options import (
+    AUTOSCALING,
+    DOCKER,
+    ENVIRONMENTS,
+    GATEWAY,
+    WATCHER,
+    Names,
+    flag_of,
+    setting,
+)
 from mlops_toolkit.cli.common import PortRange
 from mlops_toolkit.errors import ValidationError
 

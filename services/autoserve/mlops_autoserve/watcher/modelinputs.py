@@ -11,15 +11,13 @@ model converges in the same cycle.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlops_toolkit.registry import alias_map
 from mlops_toolkit.rollout import ROLLOUT_TAG_PREFIX, RUNNING, Rollout, parse_rollout
-from mlops_toolkit.shadow import COMPARISONS, SHADOW_TAG_PREFIX, Shadow
+from mlops_toolkit.shadow import SHADOW_TAG_PREFIX, Shadow, parse_shadow
 from mlops_toolkit.tags import fit
 
 if TYPE_CHECKING:
@@ -122,27 +120,6 @@ def parse_count(raw: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= MAX_REPLICAS:
         raise ValueError(f"expected a whole number 1-{MAX_REPLICAS}, got {_shown(raw)}")
     return int(text)
-
-
-def parse_shadow(model: str, of: str, raw: str) -> Shadow:
-    """A shadow tag (``{"alias": "challenger", "percent": 10, "compare": "auto"}``), checked."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-        raise ValueError("not JSON") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    alias, percent, compare = data.get("alias"), data.get("percent", 100.0), data.get("compare", "auto")
-    if not isinstance(alias, str) or not alias.strip() or len(alias) > 256:
-        raise ValueError("alias must be an alias name")
-    if alias == of:
-        raise ValueError("an alias cannot shadow itself")
-    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not math.isfinite(percent) \
-            or not 0 < percent <= 100:
-        raise ValueError("percent must be a number above 0 and at most 100")
-    if compare not in COMPARISONS:
-        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}")
-    return Shadow(model, of, alias, float(percent), compare)
 
 
 def _error(model: str, kind: str, tag: str, raw: str, detail: str, alias: str | None = None) -> InputError:
