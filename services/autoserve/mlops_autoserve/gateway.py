@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import hmac
 import logging
 import random
 import signal
@@ -53,6 +54,9 @@ log = logging.getLogger("autoserve.gateway")
 FORWARDED_HEADERS = ("Content-Type", "Accept")
 BACKEND_KEEPALIVE_S = 4.0  # mlflow models serve (uvicorn) closes idle connections after 5 s
 TABLE_POLL_S = 0.1
+# The model and alias label of answers to routes the table does not have (404s, 401s before
+# a route is known): one series, whatever URLs callers invent.
+UNKNOWN = "_unknown"
 PING_TIMEOUT_S = 1.0
 
 
@@ -298,6 +302,9 @@ class Gateway:
         response, body = await self._answer(request, method, path, model, alias, route)
         if path == "/invocations":
             seconds = time.perf_counter() - started
+            if route is None:  # labels come from the table, never from the URL: bounded by the table
+                self._observe(UNKNOWN, UNKNOWN, "", response.status, seconds)
+                return response
             answered_by = response.headers.get("X-Model-Version", version)
             self._observe(model, alias, answered_by, response.status, seconds)
             self.recent.record(model, alias, answered_by, response.status, seconds)
@@ -339,7 +346,8 @@ class Gateway:
     def _refuse(self, request: web.Request, model: str, alias: str, route: RouteEntry | None) -> web.Response | None:
         """Every answer that needs no backend: auth, size, unknown route, not ready, full."""
         token = self.settings.auth_token
-        if token is not None and request.headers.get("Authorization", "") != f"Bearer {token}":
+        if token is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                                         f"Bearer {token}".encode()):  # constant time
             return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         length = request.content_length
         if length is not None and length > self.settings.max_body_bytes:

@@ -3,7 +3,9 @@
 ``mlops autoserve`` brings everything up in one command, but the gateway must outlive the
 watcher: it runs in its own session (a watcher killed with -9 does not take it down) and
 is recorded in ``<state_dir>/gateway.json``. A restarted watcher finds it there and reuses
-it when it still answers with the same options; otherwise it is replaced.
+it when it still answers with the same options; otherwise it is replaced. While the watcher
+runs it supervises the gateway it started or reused: one that died is started again
+(:meth:`GatewayProcess.alive`, :meth:`GatewayProcess.restart`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class GatewayProcess:
         self.record_path = Path(settings.state_dir) / RECORD
         self.log_path = Path(settings.state_dir) / "logs" / "gateway.log"
         self.pid: int | None = None
+        self.process: subprocess.Popen | None = None  # when this watcher started it: poll() reaps it
 
     @property
     def admin_url(self) -> str:
@@ -57,6 +60,19 @@ class GatewayProcess:
                                       f"pick another with {option}")
         self._start()
         return "started"
+
+    def alive(self) -> bool:
+        """Is the gateway this watcher runs still running? (A child of ours that died is reaped
+        here: a zombie would still look alive to a signal-0 check.)"""
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.pid is not None and pid_running(self.pid) and _is_gateway(self.pid)
+
+    def restart(self) -> None:
+        """Start the gateway again after it died: same options, same ports (freed by its death)."""
+        log.error("the gateway died; starting it again",
+                  extra={"pid": self.pid, "exit_code": self.process.returncode if self.process else None})
+        self._start()
 
     def stop(self) -> None:
         record = self._record()
@@ -94,7 +110,7 @@ class GatewayProcess:
         except WaitTimeout:
             terminate(process.pid)
             raise MlopsError(f"the gateway did not answer within {START_TIMEOUT:.0f} s; log: {self.log_path}") from None
-        self.pid = process.pid
+        self.pid, self.process = process.pid, process
         partial = self.record_path.with_suffix(".partial")
         partial.write_text(json.dumps({"pid": process.pid, "options": self._options()}))
         partial.replace(self.record_path)

@@ -53,6 +53,9 @@ class AutoserveMetrics:
             "autoserve_rollout_percent", "Share of an alias's traffic sent to its rollout's candidate",
             ["model", "alias", "version"], registry=r,
         )
+        self.gateway_restarts = Counter(
+            "autoserve_gateway_restarts", "Times the watcher started its gateway again after it died", registry=r,
+        )
         self.model_errors = Gauge(
             "autoserve_model_errors", "Inputs of a model the watcher ignores because they are bad (a tag that does not "
             "parse), by kind: rollout, shadow, replicas, min_replicas, max_replicas, model", ["model", "reason"],

@@ -316,6 +316,47 @@ def test_metrics_contract_and_json_logs(watcher, served_model):
     assert any(r["message"] == "route switched" and r["model"] == served_model.name for r in records)
 
 
+def test_unknown_routes_share_one_series_whatever_the_urls(watcher, served_model):
+    """Labels come from the route table, never from the URL: 2,000 distinct unknown routes
+    add one series, not 2,000 (each was a series and a deque for good)."""
+    import http.client
+
+    watcher.serving(served_model.name, DEPLOY_TIMEOUT, Production=served_model.good[1])
+    before = len(watcher.metrics_text().splitlines())
+    conn = http.client.HTTPConnection("127.0.0.1", watcher.port, timeout=10)
+    for i in range(2000):
+        conn.request("POST", f"/serve/junk{i}/a{i}/invocations", body=b"{}", headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 404
+    conn.close()
+    text = watcher.metrics_text()
+    assert len(text.splitlines()) <= before + 10, len(text.splitlines()) - before
+    assert "junk" not in text
+    assert watcher.metric("autoserve_requests_total", model="_unknown", code="404") >= 2000
+
+
+def test_a_gateway_that_dies_is_started_again_by_the_watcher(watcher, served_model):
+    model = served_model.name
+    watcher.serving(model, DEPLOY_TIMEOUT, Production=served_model.good[1])
+    pid = watcher.gateway_pid()
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: watcher.gateway_pid() not in (None, pid), 20, interval=0.05, what="a new gateway recorded")
+    status, headers, _ = wait_for(lambda: (r := _try_invoke(watcher, model))[0] == 200 and r, 20, interval=0.05,
+                                  what="the gateway answering again")
+    print(f"gateway kill -9 -> answering again: {time.monotonic() - killed:.2f} s")
+    assert headers["X-Model-Version"] == str(served_model.good[1])
+    assert watcher.metric("autoserve_gateway_restarts_total") == 1
+
+
+def _try_invoke(watcher: Watcher, model: str):
+    try:
+        return watcher.invoke(model, "Production")
+    except OSError:
+        return (0, {}, None)
+
+
 def test_clean_shutdown_leaves_nothing_behind(watcher):
     records = watcher.records()
     assert records, "expected running deployments before shutdown"

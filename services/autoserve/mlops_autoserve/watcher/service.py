@@ -27,9 +27,11 @@ from mlops_autoserve.watcher.reconciler import Reconciler
 from mlops_autoserve.watcher.runtime import create_runtime
 from mlops_autoserve.watcher.statelock import StateLock
 from mlops_toolkit import audit
+from mlops_toolkit.errors import one_line
 from mlops_toolkit.jsonlog import configure_json_logging
 
 log = logging.getLogger("autoserve")
+GATEWAY_CHECK_S = 0.25  # how often the watcher checks that its gateway still runs
 AUDIT_FLUSH_S = 2.0  # on shutdown: what the store does not take by then stays in the spool
 
 
@@ -76,16 +78,34 @@ async def _serve(settings: AutoserveSettings, reconciler: Reconciler, metrics: A
     })
     _start_audit(settings, metrics)
     reconciler.start()
+    supervisor = asyncio.create_task(_supervise(gateway, metrics)) if gateway is not None else None
     try:
         await stop.wait()
     finally:
         log.info("shutting down", extra={"leave_running": settings.leave_running})
+        if supervisor is not None:
+            supervisor.cancel()
         await control.cleanup()
         await loop.run_in_executor(None, reconciler.shutdown)
         await loop.run_in_executor(None, functools.partial(audit.stop_background, AUDIT_FLUSH_S))
         if gateway is not None and not settings.leave_running:
             await loop.run_in_executor(None, gateway.stop)
         log.info("autoserve stopped")
+
+
+async def _supervise(gateway: GatewayProcess, metrics: AutoserveMetrics) -> None:
+    """Start the gateway again when it dies: every request goes through it. Checked every
+    GATEWAY_CHECK_S; a start that fails is tried again at the next check."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(GATEWAY_CHECK_S)
+        if await loop.run_in_executor(None, gateway.alive):
+            continue
+        metrics.gateway_restarts.inc()
+        try:
+            await loop.run_in_executor(None, gateway.restart)
+        except Exception as exc:  # noqa: BLE001 - logged; the next check tries again
+            log.error("the gateway could not be started again", extra={"error": one_line(exc)})
 
 
 def _start_audit(settings: AutoserveSettings, metrics: AutoserveMetrics) -> None:
