@@ -25,15 +25,12 @@ from types import MappingProxyType
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.watcher.modelinputs import (
-    MAX_REPLICAS,
-    MAX_REPLICAS_TAG,
-    MIN_REPLICAS_TAG,
-    REPLICAS_TAG,
     InputError,
     ModelInputs,
     read_model,
     unreadable,
 )
+from mlops_autoserve.watcher.planner import RouteKey
 from mlops_toolkit.aliases import read_history
 from mlops_toolkit.approvals import (
     APPROVAL_STATE_TAG,
@@ -48,11 +45,9 @@ from mlops_toolkit.shadow import Shadow
 
 log = logging.getLogger("autoserve.desired")
 
-RouteKey = tuple[str, str]  # (model, alias)
 REGISTRY_BACKOFF_MAX = 10.0  # seconds between registry reads while it is down: a failed read costs one request
 
-__all__ = ["MAX_REPLICAS", "MAX_REPLICAS_TAG", "MIN_REPLICAS_TAG", "REPLICAS_TAG", "Desired", "Hold",
-           "RegistryReader", "RegistrySource", "RouteKey"]
+__all__ = ["Desired", "Hold", "RegistryReader", "RegistrySource", "RouteKey"]
 
 
 @dataclass(frozen=True)

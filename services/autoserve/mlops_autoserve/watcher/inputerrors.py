@@ -9,6 +9,7 @@ grows the series; the value itself is only in the log line and on the route.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 
 from mlops_autoserve.metrics import AutoserveMetrics
@@ -20,28 +21,25 @@ log = logging.getLogger("autoserve.desired")
 class InputErrorReport:
     name = "input errors"
 
-    def reconcile(self, snap) -> None:
-        self.publish(snap.desired.errors)
-
     def __init__(self, metrics: AutoserveMetrics) -> None:
         self.metrics = metrics
         self._logged: set[tuple[str, str, str]] = set()  # (model, tag, digest) of the errors standing now
 
+    def reconcile(self, snap) -> None:
+        self.publish(snap.desired.errors)
+
     def publish(self, errors: Mapping[str, tuple[InputError, ...]]) -> None:
-        standing = set()
-        counts: dict[tuple[str, str], int] = {}
+        standing = {(model, e.tag, e.digest) for model, found in errors.items() for e in found}
         for model, found in errors.items():
             for error in found:
-                mark = (model, error.tag, error.digest)
-                standing.add(mark)
-                counts[(model, error.kind)] = counts.get((model, error.kind), 0) + 1
-                if mark not in self._logged:
+                if (model, error.tag, error.digest) not in self._logged:
                     log.warning(f"ignoring a bad input of model {model!r}: {error}",
                                 extra={"model": model, "alias": error.alias, "tag": error.tag, "reason": error.kind})
-        for model, tag, _ in self._logged - standing:
-            if not any(m == model and t == tag for m, t, _ in standing):
-                log.info(f"model {model!r}: {tag or 'the model'} is readable again", extra={"model": model, "tag": tag})
+        bad_tags = {(model, tag) for model, tag, _ in standing}
+        for model, tag in {(m, t) for m, t, _ in self._logged} - bad_tags:
+            log.info(f"model {model!r}: {tag or 'the model'} is readable again", extra={"model": model, "tag": tag})
         self._logged = standing  # bounded: only the errors that stand now are remembered
+        counts = Counter((model, e.kind) for model, found in errors.items() for e in found)
         gauge = self.metrics.model_errors
         gauge.clear()
         for (model, kind), count in counts.items():

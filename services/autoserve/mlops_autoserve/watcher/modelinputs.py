@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mlops_autoserve.watcher.planner import RouteKey
 from mlops_toolkit.registry import alias_map
 from mlops_toolkit.rollout import ROLLOUT_TAG_PREFIX, RUNNING, Rollout, parse_rollout
 from mlops_toolkit.shadow import SHADOW_TAG_PREFIX, Shadow, parse_shadow
@@ -23,7 +24,6 @@ from mlops_toolkit.tags import fit
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import RegisteredModel
 
-RouteKey = tuple[str, str]  # (model, alias)
 REPLICAS_TAG = "mlops.autoserve.replicas"  # registered-model tag: replicas of every served version
 # Registered-model tags: the autoscaler's floor and ceiling for every served version (override
 # --min-replicas/--max-replicas)

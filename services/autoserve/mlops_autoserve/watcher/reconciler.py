@@ -45,7 +45,7 @@ from mlops_autoserve.watcher.observe import Controller, Observer, Snapshot, fiel
 from mlops_autoserve.watcher.planner import Route
 from mlops_autoserve.watcher.rollouts import RolloutController
 from mlops_autoserve.watcher.routes import ERROR_TAG, RouteController
-from mlops_autoserve.watcher.runtime.base import DeploymentKey, Runtime
+from mlops_autoserve.watcher.runtime.base import Runtime
 from mlops_autoserve.watcher.targets import TargetsFile
 from mlops_autoserve.watcher.workqueue import WorkQueue
 from mlops_toolkit.errors import one_line
@@ -179,8 +179,6 @@ class Reconciler:
             self.source.due = True  # the registry now says where the alias is: read it next cycle
         snap = replace(snap, rollouts=running)
         routes.reconcile(snap)  # the routes are the cycle: their failure is the cycle's
-        self.rollouts.publish_percent(running, {k: bool(snap.ready(DeploymentKey(k[0], r.candidate)))
-                                                for k, r in running.items()})
         for controller in self.followers:
             self._isolated(controller, snap)
 

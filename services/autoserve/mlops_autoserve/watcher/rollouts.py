@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
@@ -142,16 +142,17 @@ class RolloutController:
         for key, rollout in desired.rollouts.items():
             if key in self._done:
                 continue
-            self._driving[key] = self._driving.get(key, rollout)
+            known = self._driving.get(key)  # newer than the registry read when it stepped since
+            current = self._driving[key] = known if known is not None and known.candidate == rollout.candidate \
+                else rollout
             for result in (PASSED, FAILED, ABORTED):  # series at 0 first, so an alert sees the step to 1
                 self.metrics.rollout_total.labels(rollout.model, result)
             try:
-                step = self._step(self._driving[key] if self._driving[key].candidate == rollout.candidate else rollout,
-                                  now)
+                step = self._step(current, now)
             except Exception as exc:  # noqa: BLE001 - this rollout only: judged again next cycle
                 log.warning("rollout step not recorded", extra={"model": key[0], "alias": key[1],
                                                                 "error": one_line(exc)})
-                running[key] = self._driving[key]
+                running[key] = current
                 continue
             if step.rollout.state == RUNNING:
                 self._driving[key] = running[key] = step.rollout
@@ -245,9 +246,3 @@ class RolloutController:
             self.metrics.rollout_step_p95.labels(*labels).set(figures.p95_ms / 1000)
         if figures.labels_compared >= MIN_REQUESTS:
             self.metrics.rollout_step_agreement.labels(*labels).set(figures.labels_agreed / figures.labels_compared)
-
-    def publish_percent(self, running: Mapping[RouteKey, Rollout], ready: Mapping[RouteKey, bool]) -> None:
-        """The candidate's share of each running rollout, 0 until it has a ready replica."""
-        for (model, alias), rollout in running.items():
-            self.metrics.rollout_percent.labels(model, alias, str(rollout.candidate)).set(
-                rollout.percent if ready.get((model, alias)) else 0)

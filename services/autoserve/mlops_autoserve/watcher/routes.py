@@ -162,6 +162,9 @@ class RouteController:
         self.routes = MappingProxyType(result.routes)
         canaries = {key: CanaryTarget(r.candidate, r.percent, _replicas(snap.ready(DeploymentKey(key[0], r.candidate))))
                     for key, r in rollouts.items()}
+        for (model, alias), canary in canaries.items():  # the candidate's share: 0 until it has a ready replica
+            self.metrics.rollout_percent.labels(model, alias, str(canary.version)).set(
+                canary.percent if canary.replicas else 0)
         published = {key: held.shown(key, route) for key, route in result.routes.items()}
         published.update({key: route for key, route in held.unserved.items() if key not in published})
         building = self.environments.building() if self.environments is not None else {}
