@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlops_autoserve.watcher.desired import RegistryReader
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
+from mlops_autoserve.watcher.desired import RegistryReader
 
 from benchmarks.support import print_table, write_json
 from mlops_toolkit.ops.local_server import LocalMlflowServer

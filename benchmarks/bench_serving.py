@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.watcher.runtime.base import DeploymentKey, Health
 from mlops_autoserve.watcher.runtime.process import ProcessRuntime
-from mlops_autoserve.settings import AutoserveSettings
 
 from benchmarks.support import (
     ServingStack,

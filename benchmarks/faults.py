@@ -27,6 +27,7 @@ from pathlib import Path
 
 import mlops_toolkit as mt
 from benchmarks.support import ServingStack, log_iris_versions, print_table, write_json
+from mlops_toolkit import http
 from tests.harness import (
     LoadClient,
     Watcher,
@@ -126,6 +127,98 @@ def docker_daemon_fault(stack: ServingStack, root: Path, image: str, version: in
         return row("Docker daemon restarted", load, restarted, f"{live}; containers kept running")
     finally:
         watcher.stop()
+
+
+CLIENTS = 4  # closed-loop clients: their connections spread over the gateway instances
+
+
+def instance_pids(watcher: Watcher, instances: int) -> list[int | None]:
+    """The pid each gateway instance reports on its admin port (instance i: admin port + i)."""
+    pids = []
+    for i in range(instances):
+        data = http.get_json(f"http://127.0.0.1:{watcher.admin_port + i}/health", timeout=1)
+        pids.append(data.get("pid") if isinstance(data, dict) else None)
+    return pids
+
+
+def several(watcher: Watcher, path: str, retry_reset: bool) -> list[LoadClient]:
+    return [LoadClient(watcher.port, path, retry_reset=retry_reset) for _ in range(CLIENTS)]
+
+
+def merged_row(name: str, clients: list[LoadClient], since: float, note: str) -> dict:
+    codes: dict[str, int] = {}
+    for c in clients:
+        for code, n in c.codes.items():
+            if code != "200":
+                codes[code] = codes.get(code, 0) + n
+    recoveries = [r for r in (recovery(c, since) for c in clients) if r is not None]
+    return {"fault": name, "sent": sum(c.sent for c in clients), "failed": sum(c.failed for c in clients),
+            "recovery_s": max(recoveries) if recoveries else None,
+            "note": note + (f" (failures: {codes})" if codes else "")}
+
+
+def gateway_faults(stack: ServingStack, root: Path, good: int) -> list[dict]:
+    """The gateway itself failing: one of two instances killed, a rolling restart of both,
+    and the only instance killed (the watcher starts it again)."""
+    results = []
+    path = f"/serve/{stack.model}/Production/invocations"
+    two = Watcher(stack.server.uri, root / "autoserve-gw2", [stack.model], "--replicas", str(REPLICAS),
+                  "--gateway-instances", "2").start()
+    try:
+        wait_for(lambda: all_ready(two), 180, what="two replicas ready")
+        wait_for(lambda: all(instance_pids(two, 2)), 30, what="both gateway instances")
+        for retry in (False, True):
+            clients = several(two, path, retry)
+            for c in clients:
+                c.__enter__()
+            time.sleep(2)
+            killed = time.monotonic()
+            victim = instance_pids(two, 2)[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda v=victim: (p := instance_pids(two, 2)[0]) and p != v, 10, what="instance restarted")
+            back = time.monotonic() - killed
+            time.sleep(2)
+            for c in clients:
+                c.__exit__(None, None, None)
+            who = "a client that retries a reset connection once" if retry else "clients that do not retry"
+            retried = sum(c.retried for c in clients)
+            results.append(merged_row(f"one of 2 gateway instances kill -9 ({who})", clients, killed,
+                                      f"the other instance keeps serving; the dead one back after {back:.2f} s"
+                                      + (f"; {retried} requests sent again" if retry else "")))
+        clients = several(two, path, False)
+        for c in clients:
+            c.__enter__()
+        time.sleep(2)
+        started = time.monotonic()
+        for i in range(2):
+            old = instance_pids(two, 2)[i]
+            os.kill(old, signal.SIGTERM)
+            wait_for(lambda i=i, o=old: (p := instance_pids(two, 2)[i]) and p != o, 15, what=f"instance {i} back")
+            time.sleep(1)
+        took = time.monotonic() - started
+        time.sleep(2)
+        for c in clients:
+            c.__exit__(None, None, None)
+        results.append(merged_row("rolling restart of 2 gateway instances (SIGTERM one by one)", clients, started,
+                                  f"each drains: answers in flight with Connection: close; {took:.1f} s in all"))
+    finally:
+        two.stop()
+    one = Watcher(stack.server.uri, root / "autoserve-gw1", [stack.model], "--replicas", str(REPLICAS)).start()
+    try:
+        wait_for(lambda: all_ready(one), 180, what="two replicas ready")
+        with LoadClient(one.port, path) as load:
+            time.sleep(2)
+            killed = time.monotonic()
+            os.kill(one.gateway_pid(), signal.SIGKILL)
+            wait_for(lambda: load.first_answer(good, killed) is not None, 30, what="serving again")
+            time.sleep(2)
+        again = load.first_answer(good, killed) - killed
+        results.append({**row("the only gateway kill -9 (1 instance)", load, killed,
+                              f"the watcher starts it again; first answer {again:.2f} s after the kill"),
+                        "recovery_s": again})
+    finally:
+        one.stop()
+    return results
 
 
 def swarm_faults(image: str) -> list[dict]:
@@ -249,6 +342,7 @@ def main() -> None:
             results.append(big_body(watcher, path))
         finally:
             watcher.stop()
+        results += gateway_faults(stack, Path(tmp), good)
         if args.docker_image:
             results.append(docker_daemon_fault(stack, Path(tmp), args.docker_image, good))
     if not args.docker_image:

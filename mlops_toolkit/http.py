@@ -81,10 +81,10 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def get_json(url: str, timeout: float = 2.0) -> Any | None:
+def get_json(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None) -> Any | None:
     """GET ``url`` as JSON, or None while it does not answer 200 with JSON (callers poll)."""
     try:
-        response = get(url, timeout)
+        response = get(url, timeout, headers=headers)
         return response.json() if response.status == 200 else None
     except (Unreachable, ValueError):
         return None

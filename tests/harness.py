@@ -295,8 +295,11 @@ class LoadClient:
     error name, X-Model-Version) for every request.
     """
 
-    def __init__(self, port: int, path: str, payload: Any = IRIS_SPLIT, rate: float | None = None) -> None:
+    def __init__(self, port: int, path: str, payload: Any = IRIS_SPLIT, rate: float | None = None,
+                 retry_reset: bool = False) -> None:
         self.port, self.path, self.rate = port, path, rate
+        self.retry_reset = retry_reset  # send again, once, over a new connection when one was reset or closed
+        self.retried = 0
         self.body = json.dumps(payload).encode()
         self.codes: Counter[str] = Counter()
         self.versions: Counter[str] = Counter()
@@ -304,8 +307,17 @@ class LoadClient:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _connect(self) -> http_client.HTTPConnection:
+        return http_client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+    def _send(self, conn: http_client.HTTPConnection) -> tuple[str, str]:
+        conn.request("POST", self.path, body=self.body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        return str(response.status), response.getheader("X-Model-Version", "?")
+
     def _run(self) -> None:
-        conn = http_client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = self._connect()
         next_at = time.monotonic()
         while not self._stop.is_set():
             if self.rate:
@@ -314,14 +326,19 @@ class LoadClient:
                 if delay > 0:
                     time.sleep(delay)
             try:
-                conn.request("POST", self.path, body=self.body, headers={"Content-Type": "application/json"})
-                response = conn.getresponse()
-                response.read()
-                outcome, version = str(response.status), response.getheader("X-Model-Version", "?")
+                outcome, version = self._send(conn)
             except (OSError, http_client.HTTPException) as exc:
-                outcome, version = type(exc).__name__, "?"
                 conn.close()
-                conn = http_client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                conn = self._connect()
+                outcome, version = type(exc).__name__, "?"
+                if self.retry_reset and isinstance(exc, ConnectionError | http_client.RemoteDisconnected):
+                    self.retried += 1
+                    try:
+                        outcome, version = self._send(conn)
+                    except (OSError, http_client.HTTPException) as again:
+                        conn.close()
+                        conn = self._connect()
+                        outcome = type(again).__name__
             self.codes[outcome] += 1
             self.versions[version] += 1
             self.events.append((time.monotonic(), outcome, version))

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from mlops_toolkit.cli.common import port_range_option
-from mlops_toolkit.ops.demo import Demo, DemoOptions
 
 
 @click.command()
@@ -24,6 +23,11 @@ from mlops_toolkit.ops.demo import Demo, DemoOptions
 def demo(state_dir: Path, reset: bool, exit_after_smoke: bool, demo_tracking_uri: str | None, mlflow_port: int,
          gateway_port: int, port_range: tuple[int, int], model_name: str) -> None:
     """Start MLflow, train and register models, promote, serve every alias, predict."""
+    from mlops_toolkit.ops.demo import (  # pandas and scikit-learn: only when the demo runs
+        Demo,
+        DemoOptions,
+    )
+
     Demo(DemoOptions(
         state_dir=state_dir, tracking_uri=demo_tracking_uri, mlflow_port=mlflow_port, gateway_port=gateway_port,
         port_range=port_range, model_name=model_name, reset=reset, exit_after_smoke=exit_after_smoke,

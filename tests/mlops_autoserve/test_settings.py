@@ -80,7 +80,7 @@ def sample(f: Field, option: Option, tmp_path, other: bool = False) -> tuple[str
     """A valid value that is not the default: as typed (env var or option) and as the setting.
     ``other``: a second valid value, different from the first."""
     default, kind = default_of(f), option.type
-    if f.name == "auth_token":
+    if f.name in ("auth_token", "admin_token"):
         token = "other-token" if other else "the-token"
         (tmp_path / token).write_text(token + "\n")
         return str(tmp_path / token), token
@@ -108,8 +108,10 @@ def sample(f: Field, option: Option, tmp_path, other: bool = False) -> tuple[str
     return text, text
 
 
-# Swarm takes every Docker/Swarm option, and the app-db lets --payload-log-rate be set.
-BASE_ENV = {"MLOPS_AUTOSERVE_RUNTIME": "swarm", "APP_DB_URL": "sqlite:///payload.db"}
+# Swarm takes every Docker/Swarm option, the app-db lets --payload-log-rate be set, and a
+# watcher port away from the gateway's lets --gateway-instances take the admin ports after 8001.
+BASE_ENV = {"MLOPS_AUTOSERVE_RUNTIME": "swarm", "APP_DB_URL": "sqlite:///payload.db",
+            "MLOPS_AUTOSERVE_WATCHER_PORT": "8090"}
 CASES = [pytest.param(command, f, o, id=f"{command} {o.flag}") for command, (_, options) in COMMANDS.items()
          for f, o in options if f.name != "tracking_uri"]
 
@@ -127,7 +129,7 @@ def test_every_declared_setting_has_one_option_and_one_env_var():
                 assert param.envvar == option.envvar and param.show_envvar
         envvars = [o.envvar for _, o in options]
         assert len(set(envvars)) == len(envvars), f"{name}: two options share an env var"
-    assert len(COMMANDS["autoserve"][1]) == 55 and len(COMMANDS["gateway"][1]) == 11
+    assert len(COMMANDS["autoserve"][1]) == 62 and len(COMMANDS["gateway"][1]) == 18
     by_flag = {o.flag: o.envvar for _, o in AUTOSERVE_OPTIONS}
     # the env vars these options honoured before they were generated keep their names
     assert (by_flag["--payload-log-db"], by_flag["--webhook-secret"], by_flag["--environment"]) == (
@@ -188,21 +190,36 @@ def test_a_flag_env_var_reads_as_a_boolean(monkeypatch):
     assert settings.run_gateway and settings.leave_running
     monkeypatch.setenv("MLOPS_AUTOSERVE_NO_GATEWAY", "1")
     settings, _ = parse("autoserve")
-    assert not settings.run_gateway and settings.gateway_admin_url is None  # no gateway here to ask
+    assert not settings.run_gateway and settings.gateway_admin_urls == ()  # no gateway here to ask
 
 
 def test_the_watcher_fills_in_what_it_derives_from_the_gateway_options():
     settings, gateway_ = parse("autoserve", "--host", "127.0.0.2", "--port", "9000", "--admin-port", "9001",
                                "--state-dir", "/tmp/s")
-    assert (settings.gateway_host, settings.control_host, gateway_.admin_host) == ("127.0.0.2",) * 3
-    assert (settings.gateway_port, settings.gateway_admin_port, settings.gateway_admin_url) == (
-        9000, 9001, "http://127.0.0.2:9001")
+    assert (settings.gateway_host, settings.control_host) == ("127.0.0.2",) * 2
+    assert gateway_.admin_host == "127.0.0.1"  # the admin port stays on loopback unless --admin-host says otherwise
+    assert (settings.gateway_port, settings.gateway_admin_port, settings.gateway_admin_urls) == (
+        9000, 9001, ("http://127.0.0.1:9001",))
     assert str(gateway_.state_dir) == str(settings.state_dir) == "/tmp/s"
     assert (settings.deploy_workers, settings.deploy_workers_per_model) == (8, 2)  # defaults unchanged
     # every option's default is the setting's
     assert parse("autoserve")[0] == AutoserveSettings(tracking_uri=config.settings().tracking_uri,
-                                                      gateway_admin_url="http://127.0.0.1:8001")
+                                                      gateway_admin_urls=("http://127.0.0.1:8001",))
     assert parse("gateway")[1] == GatewaySettings()
+
+
+def test_the_watcher_reads_every_gateway_instance_with_the_admin_token(tmp_path):
+    """--gateway-instances N: the gateway it starts runs N instances, the watcher reads each
+    admin port, with the admin token; given URLs replace those (repeatable)."""
+    (tmp_path / "admin").write_text("s3cret\n")
+    settings, gateway_ = parse("autoserve", "--gateway-instances", "3", "--admin-port", "9001", "--watcher-port",
+                               "9100", "--admin-token-file", str(tmp_path / "admin"))
+    assert (gateway_.instances, settings.gateway_instances) == (3, 3)
+    assert settings.gateway_admin_urls == ("http://127.0.0.1:9001", "http://127.0.0.1:9002", "http://127.0.0.1:9003")
+    assert settings.gateway_admin_token == gateway_.admin_token == "s3cret"
+    assert "s3cret" not in repr(settings)
+    given, _ = parse("autoserve", "--gateway-admin-url", "http://a:1", "--gateway-admin-url", "http://b:2")
+    assert given.gateway_admin_urls == ("http://a:1", "http://b:2")
 
 
 REFUSED = [
@@ -212,6 +229,12 @@ REFUSED = [
                  id="watcher port = gateway port"),
     pytest.param({"--watcher-port": "9101", "--admin-port": "9101"}, "--watcher-port 9101 is also a gateway port",
                  id="watcher port = admin port"),
+    pytest.param({"--gateway-instances": "3", "--admin-port": "9101", "--watcher-port": "9103"},
+                 "--watcher-port 9103 is also a gateway port (--admin-port 9101-9103 with --gateway-instances 3)",
+                 id="watcher port among the admin ports"),
+    pytest.param({"--gateway-instances": "3", "--admin-port": "9101", "--port": "9102", "--watcher-port": "9200"},
+                 "--port 9102 is one of the admin ports 9101-9103 (--admin-port 9101, --gateway-instances 3)",
+                 id="gateway port among the admin ports"),
     pytest.param({"--min-replicas": "3", "--max-replicas": "2"}, "--max-replicas 2 is below --min-replicas 3",
                  id="replicas"),
     pytest.param({"--max-replicas": "3", "--scale-target-inflight": "0"},
@@ -260,6 +283,17 @@ def test_mlops_gateway_refuses_the_same_port_twice(keep_config):
     assert_one_line_error(result.stderr, "--port and --admin-port must differ (both 9100)")
 
 
+@pytest.mark.parametrize(("args", "error"), [
+    (["--instances", "3", "--admin-port", "9101", "--port", "9103"],
+     "--port 9103 is one of the admin ports 9101-9103 (--admin-port 9101, --instances 3)"),
+    (["--instances", "4", "--admin-port", "65534"], "--admin-port 65534 with --instances 4 needs ports up to 65537"),
+])
+def test_mlops_gateway_refuses_admin_ports_that_do_not_fit(args, error, keep_config):
+    result = CliRunner().invoke(main, ["gateway", *args])
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, error)
+
+
 def test_settings_built_in_code_are_checked_too():
     with pytest.raises(ValidationError, match="--max-replicas 1 is below --min-replicas 2"):
         AutoserveSettings(tracking_uri="x", min_replicas=2, max_replicas=1)
@@ -269,6 +303,8 @@ def test_settings_built_in_code_are_checked_too():
         AutoserveSettings(tracking_uri="x", port_range=(19000, 18000))
     with pytest.raises(ValidationError, match="must differ"):
         GatewaySettings(port=9000, admin_port=9000)
+    with pytest.raises(ValidationError, match="--gateway-instances is only used for the gateway the watcher starts"):
+        AutoserveSettings(tracking_uri="x", run_gateway=False, gateway_instances=2)
     # runtimes built directly (tests, benchmarks) pass Docker settings whatever `runtime` says
     settings = AutoserveSettings(tracking_uri="x", docker=DockerSettings(network="n"))
     with pytest.raises(ValidationError, match="--docker-network is only used with --runtime docker or swarm"):
@@ -288,3 +324,14 @@ def test_env_vars_reach_the_installed_command(mlops_script, not_mlflow, tmp_path
                          env={"MLFLOW_TRACKING_URI": not_mlflow, "MLOPS_AUTOSERVE_NO_GATEWAY": "1"})
     assert alone.returncode == 1
     assert_one_line_error(alone.stderr, not_mlflow, "is it an MLflow tracking server?")
+
+
+def test_a_default_watcher_port_moves_out_of_the_gateway_instances_admin_ports():
+    """`mlops autoserve --gateway-instances 2` works with the default ports: the instances take
+    admin ports 8001-8002, so the watcher's default 8002 moves to 8003; a port the user chose
+    is never moved: its clash is a one-line error."""
+    settings, gateway_ = parse("autoserve", "--gateway-instances", "2")
+    assert (gateway_.admin_port, gateway_.instances, settings.control_port) == (8001, 2, 8003)
+    assert parse("autoserve")[0].control_port == 8002
+    with pytest.raises(ValidationError, match="--watcher-port 8002 is also a gateway port"):
+        parse("autoserve", "--gateway-instances", "2", "--watcher-port", "8002")

@@ -24,41 +24,66 @@ from mlops_toolkit.cli.common import (
 )
 from mlops_toolkit.errors import MlopsError, TrackingUnavailableError
 
-# `mlops autoserve` has one --state-dir, the watcher's: its gateway reads the route table there.
-AUTOSERVE_OPTIONS = [*declared(AutoserveSettings), *declared(GatewaySettings, skip={"state_dir"}),
+# `mlops autoserve` has one --state-dir, the watcher's: its gateway reads the route table there;
+# and --gateway-instances, not --instances (which would read as the watcher's).
+AUTOSERVE_OPTIONS = [*declared(AutoserveSettings), *declared(GatewaySettings, skip={"state_dir", "instances"}),
                      *declared(DockerSettings)]
 GATEWAY_OPTIONS = declared(GatewaySettings)
 
 
 def gateway_settings(params: dict[str, Any], **given: Any) -> GatewaySettings:
     """The gateway's settings from a command's options (``given``: those it does not take)."""
-    return GatewaySettings(**values(GatewaySettings, params, skip=given), admin_host=params["host"], **given)
+    return GatewaySettings(**values(GatewaySettings, params, skip=given), **given)
 
 
 def autoserve_settings(params: dict[str, Any]) -> tuple[AutoserveSettings, GatewaySettings]:
     """The watcher's and its gateway's settings from the options of ``mlops autoserve``,
     every check passed: nothing has started yet when one fails."""
+    from mlops_autoserve.gateway.instances import check_ports
     from mlops_autoserve.gateway_process import GatewayProcess
 
     watcher = values(AutoserveSettings, params, skip={"tracking_uri"})  # --tracking-uri configures every command
-    gateway_ = gateway_settings(params, state_dir=watcher["state_dir"])
-    if watcher["gateway_admin_url"] is None and watcher["run_gateway"]:
-        watcher["gateway_admin_url"] = GatewayProcess(gateway_).admin_url  # the one started here
+    gateway_ = gateway_settings(params, state_dir=watcher["state_dir"], instances=watcher["gateway_instances"])
+    watcher["control_port"] = _watcher_port(watcher["control_port"], gateway_)
+    if watcher["run_gateway"]:
+        check_ports(gateway_, "--gateway-instances")
+        if not watcher["gateway_admin_urls"]:
+            watcher["gateway_admin_urls"] = GatewayProcess(gateway_).admin_urls  # the ones started here
     settings = AutoserveSettings(
         tracking_uri=config.settings().tracking_uri, **watcher, docker=DockerSettings(**values(DockerSettings, params)),
         gateway_host=gateway_.host, gateway_port=gateway_.port, gateway_admin_port=gateway_.admin_port,
-        control_host=gateway_.host,
+        gateway_admin_token=gateway_.admin_token, control_host=gateway_.host,
     )
     settings.check_runtime_options()
     return settings, gateway_
 
 
+def _watcher_port(port: int, gateway_: GatewaySettings) -> int:
+    """The watcher's port: a default one that falls among the gateway instances' admin ports
+    (--gateway-instances 2: 8001-8002) moves to the first port after them; one the user
+    chose stays, and the settings' check names the clash."""
+    ctx = click.get_current_context(silent=True)
+    chosen = ctx is None or ctx.get_parameter_source("watcher_port") not in (click.core.ParameterSource.DEFAULT, None)
+    admin = range(gateway_.admin_port, gateway_.admin_port + gateway_.instances)
+    if chosen or port not in admin:
+        return port
+    moved = admin[-1] + 1
+    return moved + 1 if moved == gateway_.port else moved
+
+
 @settings_command(GATEWAY_OPTIONS)
 def gateway(**params: Any) -> None:
-    """Serve the route table the watcher publishes in STATE_DIR, on its own (keeps serving without a watcher)."""
-    from mlops_autoserve import gateway as gateway_module
+    """Serve the route table the watcher publishes in STATE_DIR, on its own (keeps serving without a watcher).
 
-    gateway_module.run(gateway_settings(params))
+    With --instances N, N gateway processes share --port and a supervisor restarts any that dies."""
+    from mlops_autoserve.gateway import instances, server
+
+    settings = gateway_settings(params)
+    if settings.instances == 1:
+        server.run(settings)
+        return
+    instances.check_ports(settings)
+    instances.run(settings)
 
 
 @settings_command(AUTOSERVE_OPTIONS, shared={"tracking_uri": tracking_uri_option()})
@@ -79,7 +104,8 @@ def autoserve(**params: Any) -> None:
         _check_writable(settings.targets_file)
     lock = StateLock(settings.state_dir).acquire()  # first: a second watcher on this state dir stops here, in one line
     # The token file's path, not the token: the gateway reads it itself (a token on its command line would show in ps).
-    gateway_process = GatewayProcess(gateway_settings_, params["auth_token_file"]) if settings.run_gateway else None
+    gateway_process = GatewayProcess(gateway_settings_, params["auth_token_file"],
+                                     params["admin_token_file"]) if settings.run_gateway else None
     try:
         ensure_reachable(settings.tracking_uri)
     except TrackingUnavailableError as exc:
@@ -117,14 +143,22 @@ def serve() -> None:
 @serve.command("status")
 @click.option("--gateway-admin", "gateway", envvar="MLOPS_GATEWAY_ADMIN_URL", default="http://127.0.0.1:8001",
               show_default=True, metavar="URL", help="Gateway admin URL ($MLOPS_GATEWAY_ADMIN_URL).")
+@click.option("--admin-token-file", envvar="MLOPS_GATEWAY_ADMIN_TOKEN_FILE", metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The gateway's admin token, for a gateway started with --admin-token-file "
+                   "($MLOPS_GATEWAY_ADMIN_TOKEN_FILE).")
 @json_option
-def status(gateway: str, as_json: bool) -> None:
+def status(gateway: str, admin_token_file: Path | None, as_json: bool) -> None:
     """A table of every served (model, alias): version, state, ready/routed replicas, direct URL, last error."""
+    from mlops_autoserve.settings import token_reader
+
+    token = token_reader("--admin-token-file")(admin_token_file) if admin_token_file else None
     endpoints = _read_json(
         gateway.rstrip("/") + "/endpoints", 5, lambda data: isinstance(data, list),
         "is `mlops autoserve` (or `mlops gateway`) running? "
         "Point --gateway-admin (or $MLOPS_GATEWAY_ADMIN_URL) at the gateway's admin port",
-        "a list of endpoints: is it an autoserve gateway's admin port?")
+        "a list of endpoints: is it an autoserve gateway's admin port?",
+        headers={"Authorization": f"Bearer {token}"} if token else None)
     if as_json:
         echo_json(endpoints)
         return
@@ -141,15 +175,20 @@ def _v(version: int | None) -> str:
     return f"v{version}" if version is not None else "-"
 
 
-def _read_json(url: str, timeout: float, accept, running_hint: str, expected: str):
+def _read_json(url: str, timeout: float, accept, running_hint: str, expected: str,
+               headers: dict[str, str] | None = None):
     """GET a service's JSON page; one-line errors when nothing answers or something else does."""
     try:
-        response = http.get(url, timeout=timeout)
+        response = http.get(url, timeout=timeout, headers=headers)
         data = response.json() if response.status == 200 else None
     except http.Unreachable as exc:
         raise MlopsError(f"cannot read {url}: {exc.reason}; {running_hint}") from None
     except ValueError:
         data = None
+    if response.status == 401:
+        given = "the token of --admin-token-file was refused" if headers else \
+            "the gateway's admin port needs its token: pass --admin-token-file (or $MLOPS_GATEWAY_ADMIN_TOKEN_FILE)"
+        raise MlopsError(f"{url} answered HTTP 401: {given}")
     if not accept(data):
         raise MlopsError(f"{url} answered HTTP {response.status} without {expected}")
     return data

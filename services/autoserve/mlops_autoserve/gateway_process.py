@@ -5,7 +5,9 @@ watcher: it runs in its own session (a watcher killed with -9 does not take it d
 is recorded in ``<state_dir>/gateway.json``. A restarted watcher finds it there and reuses
 it when it still answers with the same options; otherwise it is replaced. While the watcher
 runs it supervises the gateway it started or reused: one that died is started again
-(:meth:`GatewayProcess.alive`, :meth:`GatewayProcess.restart`).
+(:meth:`GatewayProcess.alive`, :meth:`GatewayProcess.restart`). With ``--gateway-instances N``
+the process is the supervisor of N gateways (``mlops gateway --instances N``,
+:mod:`gateway.instances`): it restarts a dead instance itself, the watcher restarts it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mlops_autoserve.payloadlog import redacted
+from mlops_autoserve.gateway.instances import admin_ports
+from mlops_autoserve.gateway.payloadlog import redacted
+from mlops_autoserve.gateway.server import GATEWAYS_DIR
+from mlops_autoserve.gateway.server import admin_url as url_of
+from mlops_autoserve.options import declared, default_of
 from mlops_autoserve.settings import GatewaySettings
 from mlops_toolkit import http
 from mlops_toolkit.errors import MlopsError, ValidationError
@@ -32,9 +38,11 @@ START_TIMEOUT = 20.0
 
 
 class GatewayProcess:
-    def __init__(self, settings: GatewaySettings, auth_token_file: Path | None = None) -> None:
+    def __init__(self, settings: GatewaySettings, auth_token_file: Path | None = None,
+                 admin_token_file: Path | None = None) -> None:
         self.settings = settings
         self.auth_token_file = auth_token_file
+        self.admin_token_file = admin_token_file
         self.record_path = Path(settings.state_dir) / RECORD
         self.log_path = Path(settings.state_dir) / "logs" / "gateway.log"
         self.pid: int | None = None
@@ -42,22 +50,28 @@ class GatewayProcess:
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.settings.admin_host}:{self.settings.admin_port}"
+        """The first instance's admin URL (the only one's without --gateway-instances)."""
+        return self.admin_urls[0]
+
+    @property
+    def admin_urls(self) -> tuple[str, ...]:
+        return tuple(url_of(self.settings.admin_host, port) for port in admin_ports(self.settings))
 
     def ensure(self) -> str:
         """Reuse a running gateway with these options, else start one; 'reused' or 'started'."""
         record = self._record()
         if record and pid_running(record["pid"]) and _is_gateway(record["pid"]):
-            if record.get("options") == self._options() and _answers(self.admin_url):
+            if record.get("options") == self._options() and all(_answers(url) for url in self.admin_urls):
                 self.pid = record["pid"]
                 log.info("reusing the running gateway", extra={"pid": self.pid, "admin": self.admin_url})
                 return "reused"
             log.info("replacing a gateway started with other options", extra={"pid": record["pid"]})
             terminate(record["pid"])
-        for port, option in ((self.settings.port, "--port"), (self.settings.admin_port, "--admin-port")):
-            if port_is_open(self.settings.host, port):
-                raise ValidationError(f"gateway port {self.settings.host}:{port} is already in use; "
-                                      f"pick another with {option}")
+        s = self.settings
+        for host, port, option in ((s.host, s.port, "--port"),
+                                   *((s.admin_host, p, "--admin-port") for p in admin_ports(s))):
+            if port_is_open(_local(host), port):
+                raise ValidationError(f"gateway port {host}:{port} is already in use; pick another with {option}")
         self._start()
         return "started"
 
@@ -72,7 +86,26 @@ class GatewayProcess:
         """Start the gateway again after it died: same options, same ports (freed by its death)."""
         log.error("the gateway died; starting it again",
                   extra={"pid": self.pid, "exit_code": self.process.returncode if self.process else None})
+        if self.pid is not None:
+            self._wait_for_instances_of(self.pid)
         self._start()
+
+    def _wait_for_instances_of(self, supervisor: int, timeout: float = 5.0) -> None:
+        """A supervisor's instances stop when it dies (SIGTERM from the kernel) and free the
+        ports the new ones need: wait for them, a moment, rather than fail to bind."""
+        def instances() -> list[int]:
+            pids = []
+            for path in (Path(self.settings.state_dir) / GATEWAYS_DIR).glob("*.json"):
+                try:
+                    record = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if isinstance(record, dict) and record.get("supervisor") == supervisor \
+                        and isinstance(record.get("pid"), int) and pid_running(record["pid"]):
+                    pids.append(record["pid"])
+            return pids
+
+        wait_until(lambda: not instances(), timeout, interval=0.05, default=None)
 
     def stop(self) -> None:
         record = self._record()
@@ -83,15 +116,9 @@ class GatewayProcess:
 
     def _start(self) -> None:
         s = self.settings
-        command = [
-            sys.executable, "-m", "mlops_toolkit.cli", "gateway", "--state-dir", str(s.state_dir),
-            "--host", s.host, "--port", str(s.port), "--admin-port", str(s.admin_port),
-            "--request-timeout", str(s.request_timeout), "--max-body-mb", str(s.max_body_mb),
-            "--max-inflight", str(s.max_inflight),
-            *(["--auth-token-file", str(self.auth_token_file)] if self.auth_token_file else []),
-            "--payload-log-rate", str(s.payload_log_rate),
-            "--payload-log-retention-days", str(s.payload_log_retention_days),
-        ]
+        command = [sys.executable, "-m", "mlops_toolkit.cli", "gateway", *command_line(s),
+                   *(["--auth-token-file", str(self.auth_token_file)] if self.auth_token_file else []),
+                   *(["--admin-token-file", str(self.admin_token_file)] if self.admin_token_file else [])]
         # The app-db URL may hold a password: the environment, not the command line (ps shows that).
         env = {k: v for k, v in os.environ.items() if k != "APP_DB_URL"}
         if s.payload_log_db:
@@ -103,7 +130,7 @@ class GatewayProcess:
         def up() -> bool:
             if process.poll() is not None:
                 raise MlopsError(f"the gateway exited at start: {_last_line(self.log_path)}")
-            return _answers(self.admin_url)
+            return all(_answers(url) for url in self.admin_urls)
 
         try:
             wait_until(up, START_TIMEOUT)
@@ -119,10 +146,11 @@ class GatewayProcess:
 
     def _options(self) -> dict:
         options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.settings).items()
-                   if k not in ("auth_token", "payload_log_db")}
+                   if k not in ("auth_token", "admin_token", "payload_log_db")}
         # Which app-db, not its password: the record is a file in the state dir.
         options["payload_log_db"] = redacted(self.settings.payload_log_db) if self.settings.payload_log_db else None
         options["auth_token_file"] = str(self.auth_token_file) if self.auth_token_file else None
+        options["admin_token_file"] = str(self.admin_token_file) if self.admin_token_file else None
         return options
 
     def _record(self) -> dict | None:
@@ -132,8 +160,31 @@ class GatewayProcess:
             return None
 
 
-def _answers(admin_url: str) -> bool:
-    return http.answers(f"{admin_url}/health")
+# Given otherwise: tokens by their files (a token on a command line shows in ps), the app-db
+# URL in the environment (it may hold a password).
+NOT_ON_THE_COMMAND_LINE = ("auth_token", "admin_token", "payload_log_db")
+
+
+def command_line(settings: GatewaySettings) -> list[str]:
+    """``mlops gateway`` options that give a gateway process these settings."""
+    args: list[str] = []
+    for f, option in declared(GatewaySettings, skip=NOT_ON_THE_COMMAND_LINE):
+        value = getattr(settings, f.name)
+        if isinstance(value, bool):
+            if value != default_of(f):
+                args.append(option.flag)
+        elif value is not None:
+            args += [option.flag, str(value)]
+    return args
+
+
+def _answers(url: str) -> bool:
+    return http.answers(f"{url}/health")
+
+
+def _local(host: str) -> str:
+    """Where to look for a listener on ``host`` (a wildcard address is not one to connect to)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def _is_gateway(pid: int) -> bool:

@@ -153,8 +153,22 @@ class GatewayMetrics:
         )
         self.payload_log_rows = Counter(
             "autoserve_payload_log_rows", "Sampled requests for the payload log, by result (written, dropped: "
-            "the buffer was full, failed: the app-db write failed, skipped: body too large)", ["result"], registry=r,
+            "the buffer was full in rows or bytes, failed: the app-db write failed, refused: the app-db refused the "
+            "row's data, e.g. a NUL character, skipped: body too large)", ["result"], registry=r,
         )
         self.table_serial = Gauge(
             "autoserve_route_table_serial", "Serial of the route table the gateway serves", registry=r
+        )
+        self.limits_total = Counter(
+            "autoserve_gateway_limits", "Requests and connections a gateway limit refused or cut, by limit: "
+            "connections (over --max-connections), header_timeout, body_timeout (a stalled upload), body_budget "
+            "(over --max-inflight-mb), body_size (413), response_size (over --max-response-mb), shadow_bytes, "
+            "payload_log_bytes", ["limit"], registry=r,
+        )
+        self.connections = Gauge(
+            "autoserve_gateway_connections", "Client connections open on the gateway port", registry=r
+        )
+        self.body_bytes_inflight = Gauge(
+            "autoserve_gateway_body_bytes_inflight", "Bytes of request bodies held in memory now (all routes)",
+            registry=r,
         )

@@ -31,15 +31,22 @@ from mlops_toolkit.errors import ValidationError
 PORT = click.IntRange(1, 65535)
 
 
-def read_token(path: Path) -> str:
-    """The bearer token in ``path``: one word (the file's trailing newline is dropped)."""
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ValidationError(f"cannot read --auth-token-file {path}: {exc.strerror or exc}") from None
-    if not token or any(c.isspace() for c in token):
-        raise ValidationError(f"--auth-token-file {path} must hold one token without spaces")
-    return token
+def token_reader(flag: str):  # noqa: ANN201
+    """A parser of a token file given with ``flag``: one word (the trailing newline dropped)."""
+
+    def read(path: Path) -> str:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValidationError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+        if not token or any(c.isspace() for c in token):
+            raise ValidationError(f"{flag} {path} must hold one token without spaces")
+        return token
+
+    return read
+
+
+read_token = token_reader("--auth-token-file")
 
 
 @dataclass(frozen=True)
@@ -97,9 +104,18 @@ class AutoserveSettings:
     gateway_host: str = "127.0.0.1"  # where the gateway listens (webhook URL default, logs)
     gateway_port: int = 8000
     gateway_admin_port: int = 8001  # the gateway's admin port: the watcher's must differ when it runs the gateway
-    gateway_admin_url: str | None = setting(None, flag="--gateway-admin-url", group=WATCHER, metavar="URL",
-                                            help="Gateway admin URL, asked for in-flight requests before a version "
-                                                 "stops (default: the one started here).")
+    gateway_instances: int = setting(1, flag="--gateway-instances", group=GATEWAY, type=click.IntRange(1, 64),
+                                     envvar="MLOPS_GATEWAY_INSTANCES",
+                                     help="Gateway processes on --port (`mlops gateway --instances`), each restarted "
+                                          "within 1 s when it dies; instance i has admin port --admin-port + i.")
+    gateway_admin_urls: tuple[str, ...] = setting((), flag="--gateway-admin-url", group=WATCHER, metavar="URL",
+                                                  multiple=True, show_default=False,
+                                                  help="Gateway admin URL the watcher reads load, in-flight requests "
+                                                       "and rollout figures from (repeatable; default: the gateway "
+                                                       "started here). Gateways registered in --state-dir are read "
+                                                       "too.")
+    # The admin port's bearer token (--admin-token-file): sent on every read of a gateway's figures.
+    gateway_admin_token: str | None = field(default=None, repr=False)
     run_gateway: bool = setting(True, flag="--no-gateway", group=WATCHER, invert=True,
                                 help="Run the watcher alone; `mlops gateway` serves its route table.")
     control_host: str = "127.0.0.1"  # the watcher's own /health, /metrics, /webhooks/mlflow
@@ -200,8 +216,17 @@ class AutoserveSettings:
         low, high = self.port_range
         if low > high:
             raise ValidationError(f"--port-range {low}-{high}: LOW is above HIGH")
-        if self.run_gateway and self.control_port in (self.gateway_port, self.gateway_admin_port):
-            raise ValidationError(f"--watcher-port {self.control_port} is also a gateway port; pick another")
+        if self.run_gateway and self.control_port == self.gateway_port:
+            raise ValidationError(f"--watcher-port {self.control_port} is also a gateway port (--port); pick another")
+        if not self.run_gateway and self.gateway_instances != 1:
+            raise ValidationError("--gateway-instances is only used for the gateway the watcher starts, not with "
+                                  "--no-gateway (run `mlops gateway --instances N` instead)")
+        admin = range(self.gateway_admin_port, self.gateway_admin_port + self.gateway_instances)
+        if self.run_gateway and self.control_port in admin:
+            taken = f"--admin-port {admin[0]}" if len(admin) == 1 else \
+                f"--admin-port {admin[0]}-{admin[-1]} with --gateway-instances {len(admin)}"
+            raise ValidationError(f"--watcher-port {self.control_port} is also a gateway port ({taken}); "
+                                  "pick another")
         if self.min_replicas and self.max_replicas and self.max_replicas < self.min_replicas:
             raise ValidationError(f"--max-replicas {self.max_replicas} is below --min-replicas {self.min_replicas}")
         if (self.max_replicas and self.max_replicas > (self.min_replicas or self.replicas)
@@ -250,12 +275,20 @@ class GatewaySettings:
     state_dir: Path = setting(flag="--state-dir", group=GATEWAY, type=click.Path(path_type=Path),
                               default_factory=lambda: Path(".mlops") / "autoserve",  # reads routes.json here
                               help="Deployment records, logs and the route table (routes.json).")
-    host: str = setting("127.0.0.1", flag="--host", group=GATEWAY, help="Address of the gateway (and its admin port).")
+    host: str = setting("127.0.0.1", flag="--host", group=GATEWAY, help="Address of the gateway's data port.")
     port: int = setting(8000, flag="--port", group=GATEWAY, type=PORT,
                         help="Gateway port: /serve/{model}/{alias}/invocations, /health.")
-    admin_host: str = "127.0.0.1"  # the CLI: --host
+    admin_host: str = setting("127.0.0.1", flag="--admin-host", group=GATEWAY,
+                              help="Address of the gateway's admin port (kept apart from --host: it shows the "
+                                   "route table and load).")
     admin_port: int = setting(8001, flag="--admin-port", group=GATEWAY, type=PORT,
-                              help="Gateway admin port: /endpoints, /inflight, /metrics, /health.")
+                              help="Gateway admin port: /endpoints, /inflight, /metrics, /health (with --instances "
+                                   "N, instance i listens on this port + i).")
+    admin_token: str | None = setting(None, flag="--admin-token-file", group=GATEWAY, metavar="FILE",
+                                      type=click.Path(dir_okay=False, path_type=Path),
+                                      parse=token_reader("--admin-token-file"),
+                                      help="Require 'Authorization: Bearer <token>' on the admin port (all but "
+                                           "/health); the token is this file's content.")
     request_timeout: float = setting(60.0, flag="--request-timeout", group=GATEWAY, type=click.FloatRange(min=0.1),
                                      help="Seconds a backend may take before the gateway answers 504.")
     # decided from Content-Length before reading
@@ -263,6 +296,26 @@ class GatewaySettings:
                                  help="Larger request bodies get 413 before they are read.")
     max_inflight: int = setting(256, flag="--max-inflight", group=GATEWAY, type=click.IntRange(min=1),
                                 help="Requests in flight per route before 429 with Retry-After.")
+    max_inflight_mb: float = setting(256.0, flag="--max-inflight-mb", group=GATEWAY, type=click.FloatRange(min=1),
+                                     help="Request bodies held in memory at once, all routes together; past it "
+                                          "503 with Retry-After.")
+    max_response_mb: float = setting(64.0, flag="--max-response-mb", group=GATEWAY,
+                                     type=click.FloatRange(min=0.001),
+                                     help="A backend answer larger than this is not passed on: 502 (counted).")
+    max_connections: int = setting(4096, flag="--max-connections", group=GATEWAY, type=click.IntRange(min=16),
+                                   help="Client connections open at once; past it a new one gets a fast 503. "
+                                        "Lowered at start to fit the open-file limit (raised to its hard limit).")
+    client_body_timeout: float = setting(30.0, flag="--client-body-timeout", group=GATEWAY,
+                                         type=click.FloatRange(min=0.1),
+                                         help="Seconds a request body may take to arrive; then 408 and the "
+                                              "connection is closed (a stalled upload never holds a slot).")
+    header_timeout: float = 10.0  # a request head must arrive within this many seconds
+    keepalive_timeout: float = 75.0  # idle client connections are closed after this many seconds
+    instances: int = setting(1, flag="--instances", group=GATEWAY, type=click.IntRange(1, 64),
+                             help="Gateway processes on --port (SO_REUSEPORT: the kernel spreads connections), "
+                                  "under a supervisor that restarts a dead one within 1 s; instance i has admin "
+                                  "port --admin-port + i.")
+    reuse_port: bool = False  # SO_REUSEPORT on the data port: set for every instance of --instances
     eject_after: int = 3  # consecutive failures take a replica out of rotation
     readmit_interval: float = 1.0  # seconds between GET /ping of ejected replicas
     # Bearer token required on /serve when set. The option names a file (read here): a token on
@@ -272,6 +325,7 @@ class GatewaySettings:
                                      help="Require 'Authorization: Bearer <token>' on /serve; the token is this "
                                           "file's content.")
     shadow_queue: int = 1000  # shadow copies waiting to be sent; beyond it they are dropped (counted)
+    shadow_queue_mb: float = 64.0  # and the bytes they hold (request + answer)
     shadow_workers: int = 4  # shadow copies in flight at once
     payload_log_rate: float = setting(0.0, flag="--payload-log-rate", group=GATEWAY, type=click.FloatRange(0, 1),
                                       metavar="SHARE",
@@ -286,13 +340,33 @@ class GatewaySettings:
                                                 help="Payload-log rows older than this are deleted (checked hourly).")
     payload_log_buffer: int = 10_000  # rows waiting for the writer; beyond it they are dropped (counted)
     payload_log_max_body_bytes: int = 256 * 1024  # larger requests or answers are not logged (counted)
+    payload_log_buffer_mb: float = 64.0  # bytes the waiting rows may hold; beyond it rows are dropped (counted)
 
     def __post_init__(self) -> None:
         if self.port == self.admin_port:
             raise ValidationError(f"--port and --admin-port must differ (both {self.port})")
+        if self.max_inflight_mb < self.max_body_mb:
+            raise ValidationError(f"--max-inflight-mb {self.max_inflight_mb:g} is below --max-body-mb "
+                                  f"{self.max_body_mb:g}: a body between the two could never be taken")
         if self.payload_log_rate > 0 and not self.payload_log_db:
             raise ValidationError("--payload-log-rate needs the app-db: set --payload-log-db or APP_DB_URL")
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * 1024 * 1024)
+
+    @property
+    def max_response_bytes(self) -> int:
+        return int(self.max_response_mb * 1024 * 1024)
+
+    @property
+    def shadow_queue_bytes(self) -> int:
+        return int(self.shadow_queue_mb * 1024 * 1024)
+
+    @property
+    def payload_log_buffer_bytes(self) -> int:
+        return int(self.payload_log_buffer_mb * 1024 * 1024)

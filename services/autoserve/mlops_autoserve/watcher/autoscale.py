@@ -4,7 +4,7 @@ Per model a floor and a ceiling (``--min-replicas``/``--max-replicas``, or the r
 model's tags ``mlops.autoserve.min_replicas``/``max_replicas``); between them, per version,
 the number of replicas that brings the load per replica back to its target: requests in
 flight (``--scale-target-inflight``) or requests per second (``--scale-target-rps``), as the
-gateway counts them per replica (``GET /load``). Up fast, down slowly:
+gateway counts them per replica (``GET /load``, summed over its instances). Up fast, down slowly:
 
 * up, straight to the count the load needs (never past the ceiling), once the load
   averaged over the last ``--scale-up-window`` seconds has been above target for that
@@ -29,8 +29,8 @@ from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.routetable import ScaleView
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.watcher.desired import Desired
+from mlops_autoserve.watcher.gateways import GatewayFleet
 from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey
-from mlops_toolkit import http
 
 log = logging.getLogger("autoserve.autoscale")
 
@@ -172,30 +172,50 @@ def _targets(policy: ScalePolicy) -> str:
 
 
 class LoadMeter:
-    """Turns the gateway's per-replica counters (``GET /load``) into per-version load."""
+    """Turns the gateway's per-replica counters (``GET /load``) into per-version load.
+
+    A gateway run as several instances has counters per instance, each from its own start:
+    rates are taken per instance and then added up. A sum of counters would jump when an
+    instance restarts (its counters back at 0) or misses a sample (its count missing, then
+    back whole), and a jump reads as a burst of load."""
+
+    FORGET_AFTER_S = 60.0  # an instance silent this long is gone: its counts are forgotten
 
     def __init__(self) -> None:
-        self._previous: dict[str, tuple[float, int]] = {}  # url -> (monotonic, requests counter)
-        self._last_at: float | None = None
+        self._previous: dict[tuple[str, str], tuple[float, int]] = {}  # (instance, url) -> (monotonic, counter)
+        self._seen: dict[str, float] = {}  # instance -> when it last answered (monotonic)
 
     def measure(self, figures: Mapping[str, Mapping[str, float]], urls: Mapping[DeploymentKey, list[str]],
                 now: float) -> dict[DeploymentKey, Load]:
-        """``figures``: url -> {"inflight", "requests"}; ``urls``: the replicas of each version.
-        The gateway lists a replica once it sent it a request, counting from 0: one that is
-        new since the last sample got all of its requests since then (a replica a scale-up
-        just added must not look idle, or the load seems to drop by its share)."""
+        """One gateway's figures: ``figures``: url -> {"inflight", "requests"}; ``urls``: the
+        replicas of each version."""
+        return self.measure_instances({"": figures}, urls, now)
+
+    def measure_instances(self, instances: Mapping[str, Mapping[str, Mapping[str, float]]],
+                          urls: Mapping[DeploymentKey, list[str]], now: float) -> dict[DeploymentKey, Load]:
+        """``instances``: per gateway instance (its admin URL), its figures. An instance lists a
+        replica once it sent it a request, counting from 0: one that is new since the
+        instance's last sample got all of its requests since then (a replica a scale-up just
+        added must not look idle, or the load seems to drop by its share)."""
+        inflight: dict[str, float] = {}
         rates: dict[str, float] = {}
-        for url, data in figures.items():
-            count = int(data.get("requests", 0))
-            before = self._previous.get(url) or ((self._last_at, 0) if self._last_at is not None else None)
-            if before is not None and now > before[0] and count >= before[1]:
-                rates[url] = (count - before[1]) / (now - before[0])
-            self._previous[url] = (now, count)
-        self._last_at = now
-        for url in set(self._previous) - set(figures):
-            del self._previous[url]
-        return {key: Load(sum(float(figures.get(u, {}).get("inflight", 0)) for u in replica_urls),
-                          sum(rates.get(u, 0.0) for u in replica_urls))
+        for instance, figures in instances.items():
+            seen = self._seen.get(instance)
+            for url, data in figures.items():
+                count = int(data.get("requests", 0))
+                before = self._previous.get((instance, url)) or ((seen, 0) if seen is not None else None)
+                if before is not None and now > before[0] and count >= before[1]:
+                    rates[url] = rates.get(url, 0.0) + (count - before[1]) / (now - before[0])
+                inflight[url] = inflight.get(url, 0.0) + float(data.get("inflight", 0))
+                self._previous[(instance, url)] = (now, count)
+            self._seen[instance] = now
+        for instance in [i for i, at in self._seen.items() if now - at > self.FORGET_AFTER_S]:
+            del self._seen[instance]
+        for key in list(self._previous):  # an instance that did not answer keeps its counts
+            instance, url = key
+            if instance not in self._seen or (instance in instances and url not in instances[instance]):
+                del self._previous[key]
+        return {key: Load(sum(inflight.get(u, 0.0) for u in replica_urls), sum(rates.get(u, 0.0) for u in replica_urls))
                 for key, replica_urls in urls.items()}
 
 
@@ -209,6 +229,7 @@ class Scaler:
         self.autoscaler = Autoscaler()
         self.meter = LoadMeter()
         self.policies: dict[str, ScalePolicy] = {}
+        self.gateways = GatewayFleet(settings)  # every instance's load, summed
         self._blind_logged = False
 
     def policy(self, desired: Desired, model: str) -> ScalePolicy:
@@ -230,7 +251,7 @@ class Scaler:
             urls = {key: [e.url for d, _ in observed if d.key == key for e in d.serving()] for key in scaling}
             figures = self._gateway_load()
             if figures is not None:
-                loads = self.meter.measure(figures, urls, now)
+                loads = self.meter.measure_instances(figures, urls, now)
         scaled = {}
         for key in sorted(scaling):
             ready = sum(len(d.serving()) for d, is_ready in observed if d.key == key and is_ready)
@@ -258,13 +279,13 @@ class Scaler:
                          last.at if last else None)
 
     def _gateway_load(self) -> dict | None:
-        url = self.settings.gateway_admin_url
-        figures = http.get_json(f"{url.rstrip('/')}/load", timeout=1) if url else None
-        if not isinstance(figures, dict):
+        """Per gateway instance (admin URL): its per-replica figures; None when none answered."""
+        figures = self.gateways.load_by_instance()
+        if figures is None:
             if not self._blind_logged:
                 self._blind_logged = True
                 log.warning("autoscaling holds the replica counts: no load figures from the gateway",
-                            extra={"gateway_admin_url": url, "hint": "GET <gateway admin>/load"})
+                            extra={"gateway_admin_urls": self.gateways.urls(), "hint": "GET <gateway admin>/load"})
             return None
         self._blind_logged = False
         return figures

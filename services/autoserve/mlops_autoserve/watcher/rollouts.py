@@ -15,7 +15,6 @@ authenticated: anyone who can write tags can write that name).
 from __future__ import annotations
 
 import logging
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -23,8 +22,9 @@ from datetime import datetime, timezone
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
 from mlops_autoserve.watcher.desired import Desired, RouteKey
+from mlops_autoserve.watcher.gateways import GatewayFleet
 from mlops_autoserve.watcher.observe import Snapshot
-from mlops_toolkit import audit, http
+from mlops_toolkit import audit
 from mlops_toolkit.aliases import set_alias
 from mlops_toolkit.errors import one_line
 from mlops_toolkit.governance import Decision, PolicyRefusal, acting_user, environment
@@ -130,6 +130,7 @@ class RolloutController:
         self._done: set[RouteKey] = set()
         self._read: Desired | None = None
         self.ended_any = False  # a rollout ended this cycle: the registry should be read again
+        self.gateways = GatewayFleet(settings)
 
     def reconcile(self, snap: Snapshot) -> dict[RouteKey, Rollout]:
         desired, now = snap.desired, snap.wall
@@ -226,12 +227,9 @@ class RolloutController:
 
     # -- the gateway's figures -----------------------------------------------------------
     def _figures(self, rollout: Rollout) -> StepFigures | None:
-        url = self.settings.gateway_admin_url
-        if not url:
-            return None
-        query = urllib.parse.urlencode({"model": rollout.model, "alias": rollout.alias,
-                                        "version": str(rollout.candidate), "since": rollout.step_started})
-        figures = figures_from(http.get_json(f"{url.rstrip('/')}/stats?{query}", timeout=2))
+        """The step's figures over every gateway instance (None while none answers)."""
+        figures = figures_from(self.gateways.stats(rollout.model, rollout.alias, str(rollout.candidate),
+                                                   rollout.step_started))
         if figures is not None:
             self._publish_gate(rollout, figures)
         return figures

@@ -47,10 +47,11 @@ from mlops_autoserve.watcher.autoscale import Scaler
 from mlops_autoserve.watcher.deployer import Deployer
 from mlops_autoserve.watcher.desired import Desired, RouteKey
 from mlops_autoserve.watcher.environments import Build, Environments
+from mlops_autoserve.watcher.gateways import GatewayFleet
 from mlops_autoserve.watcher.observe import Observed, Snapshot, fields
 from mlops_autoserve.watcher.planner import Failure, Route, RouteState
 from mlops_autoserve.watcher.runtime.base import Deployment, DeploymentKey, Runtime
-from mlops_toolkit import audit, http
+from mlops_toolkit import audit
 from mlops_toolkit.errors import one_line
 from mlops_toolkit.rollout import Rollout
 from mlops_toolkit.tags import MODEL_VERSION_TAG_MAX, fit
@@ -112,6 +113,7 @@ class RouteController:
         self.scaler = scaler
         self.environments = environments
         self._client = client
+        self.gateways = GatewayFleet(settings)
         self.routes: MappingProxyType[RouteKey, Route] = MappingProxyType({})
         self.seed: RouteTable | None = publisher.last  # what the previous watcher published
         self.pending: dict[tuple[DeploymentKey, int], Future] = {}
@@ -255,14 +257,8 @@ class RouteController:
     def _gateway_inflight(self, deployment: Deployment) -> int:
         """Requests the gateway still has in flight to ``deployment`` (0 when it cannot tell:
         the drain grace period, and DRAIN_LIMIT on top at most, bound the wait anyway)."""
-        url = self.settings.gateway_admin_url
-        if not url:
-            return 0
-        inflight = http.get_json(f"{url.rstrip('/')}/inflight", timeout=1)
-        try:
-            return sum(int(inflight.get(e.url, 0)) for e in deployment.serving()) if isinstance(inflight, dict) else 0
-        except (TypeError, ValueError):
-            return 0
+        inflight = self.gateways.inflight() or {}  # over every gateway instance
+        return sum(inflight.get(e.url, 0) for e in deployment.serving())
 
     def collect_finished(self) -> None:
         for ident, future in list(self.stopping.items()):

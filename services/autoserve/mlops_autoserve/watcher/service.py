@@ -2,7 +2,8 @@
 
 The gateway is another process (:mod:`gateway_process`): started or reused here unless the
 watcher runs alone (``--no-gateway``), and stopped on exit only when the deployments are
-stopped too (not with ``--leave-running``).
+stopped too (not with ``--leave-running``). With ``--gateway-instances N`` that process is
+the supervisor of N gateways: it restarts a dead instance, this watcher restarts it.
 
 Audit events the reconcile loop records go through the toolkit's background writer while
 the watcher runs: a hung or absent audit store must not stall every model, nor lose the
@@ -17,7 +18,7 @@ import logging
 import os
 import signal
 
-from mlops_autoserve.gateway import listen
+from mlops_autoserve.gateway.listener import listen
 from mlops_autoserve.gateway_process import GatewayProcess
 from mlops_autoserve.metrics import AutoserveMetrics
 from mlops_autoserve.settings import AutoserveSettings
@@ -71,6 +72,8 @@ async def _serve(settings: AutoserveSettings, reconciler: Reconciler, metrics: A
     log.info("autoserve started", extra={
         "gateway": f"http://{settings.gateway_host}:{settings.gateway_port}" if gateway else "external",
         "gateway_process": how if gateway is not None else None,
+        "gateway_instances": settings.gateway_instances if gateway is not None else None,
+        "gateway_admin_urls": list(settings.gateway_admin_urls),
         "watcher": f"http://{settings.control_host}:{settings.control_port}",
         "tracking_uri": settings.tracking_uri, "runtime": settings.runtime, "strategy": settings.strategy,
         "aliases": sorted(settings.aliases) or "all", "models": sorted(settings.models) or "all",

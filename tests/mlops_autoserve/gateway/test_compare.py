@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from mlops_autoserve.shadowing import compare
+from mlops_autoserve.gateway.compare import compare
 
 
 def body(predictions) -> bytes:

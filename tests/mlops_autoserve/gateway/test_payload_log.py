@@ -1,5 +1,6 @@
 """The gateway's payload log: sampled requests land in the real app-db (PostgreSQL under
-CI) off the request path; a database that is away costs no request; old rows are pruned."""
+CI) off the request path; a database that is away costs no request; the buffer is bounded in
+rows and bytes; a row the database refuses is lost alone; old rows are pruned."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from mlops_autoserve.gateway.payloadlog import BATCH_ROWS, PayloadLog
 from mlops_autoserve.metrics import GatewayMetrics
-from mlops_autoserve.payloadlog import BATCH_ROWS, PayloadLog
 from mlops_autoserve.settings import GatewaySettings
 from sqlalchemy import create_engine, func, select
 
 from mlops_toolkit.batch import appdb
+from tests.conftest import _postgres_database, need
 from tests.harness import IRIS_SPLIT, Watcher, wait_for
 
 DEPLOY_TIMEOUT = 120
@@ -96,6 +98,7 @@ def test_a_database_that_is_away_costs_no_request_and_memory_stays_bounded():
         # batch the writer holds right now (a slow machine lets it fail several batches meanwhile)
         accounted = sum(counted.labels(r)._value.get() for r in ("dropped", "failed")) + log.buffer.qsize()
         assert accounted >= 5000 - BATCH_ROWS and counted.labels("dropped")._value.get() > 0
+        assert metrics.limits_total.labels("payload_log_bytes")._value.get() == 0  # rows ran out, not bytes
         wait_for(lambda: counted.labels("failed")._value.get() > 0, 15, what="a failed batch counted")
     finally:
         log.stop()
@@ -126,3 +129,86 @@ def test_rows_past_the_retention_are_pruned_and_big_bodies_are_skipped(app_db_ur
     with engine.connect() as connection:
         assert connection.execute(select(func.max(appdb.payload_log.c.model_version))).scalar() == 2
     engine.dispose()
+
+
+def _value(metrics: GatewayMetrics, result: str) -> float:
+    return metrics.payload_log_rows.labels(result)._value.get()
+
+
+def test_a_row_the_database_refuses_is_lost_alone_and_counted(app_db_url):
+    """PostgreSQL takes no NUL character in text: in a batch of 50 rows, the one whose request
+    holds one is refused (counted), the 49 others are written."""
+    need(app_db_url.startswith("postgresql"), "PostgreSQL at 127.0.0.1:5432 (SQLite stores a NUL)")
+    engine = create_engine(app_db_url)
+    metrics = GatewayMetrics()
+    log = PayloadLog(GatewaySettings(payload_log_rate=1.0, payload_log_db=app_db_url), metrics, random.Random(0))
+    bad = 17
+    for i in range(50):
+        request = b'{"inputs": [[1]]}\x00' if i == bad else b'{"inputs": [[1]]}'
+        log.offer("refusal", "Production", "1", request, b'{"predictions": [0]}', 200, i / 1000)
+    assert log.buffer.qsize() == 50  # all waiting before the writer starts: they go in one batch
+    log.start()
+    try:
+        wait_for(lambda: _value(metrics, "written") + _value(metrics, "refused") == 50, 30,
+                 what="the batch settled")
+    finally:
+        log.stop()
+    assert (_value(metrics, "written"), _value(metrics, "refused"), _value(metrics, "failed")) == (49, 1, 0)
+    with engine.connect() as connection:
+        latencies = connection.execute(select(appdb.payload_log.c.latency_ms)
+                                       .where(appdb.payload_log.c.model_name == "refusal")).scalars().all()
+    assert sorted(round(ms) for ms in latencies) == [i for i in range(50) if i != bad]
+    engine.dispose()
+
+
+def test_the_buffer_is_bounded_in_bytes_and_the_writer_frees_them(app_db_url):
+    """0.01 MiB (10,485 bytes) of waiting bodies holds ten rows of 1,024 bytes: the next 90
+    offers are dropped and counted as a payload_log_bytes limit while the 10,000-row bound is
+    far away; once the writer took the ten, their bytes are free and offers are taken again."""
+    metrics = GatewayMetrics()
+    settings = GatewaySettings(payload_log_rate=1.0, payload_log_db=app_db_url, payload_log_buffer_mb=0.01)
+    assert settings.payload_log_buffer == 10_000
+    log = PayloadLog(settings, metrics, random.Random(0))
+    request, response = b"x" * 1000, b"y" * 24  # the log stores bodies as they came: no need for JSON
+    bytes_limit = metrics.limits_total.labels("payload_log_bytes")
+    for _ in range(100):
+        log.offer("bytes", "Production", "1", request, response, 200, 0.001)
+    assert (log.buffer.qsize(), log.buffer.bytes) == (10, 10 * 1024)
+    assert _value(metrics, "dropped") == 90 and bytes_limit._value.get() == 90
+    log.start()
+    try:
+        wait_for(lambda: _value(metrics, "written") == 10, 30, what="the ten buffered rows written")
+        assert log.buffer.bytes == 0
+        for _ in range(10):
+            log.offer("bytes", "Production", "1", request, response, 200, 0.001)
+        wait_for(lambda: _value(metrics, "written") == 20, 30, what="ten more rows written")
+    finally:
+        log.stop()
+    assert _value(metrics, "dropped") == 90 and bytes_limit._value.get() == 90
+    engine = create_engine(app_db_url)
+    assert _count(engine, model_name="bytes") == 20
+    engine.dispose()
+
+
+def test_a_database_gone_after_start_fails_a_batch_whole_without_trying_row_by_row():
+    """The app-db is dropped while the writer holds a connection: the next 50 rows count as
+    failed at the first connection error, none as refused (no row-by-row retries)."""
+    url, drop = _postgres_database()
+    need(url is not None, "PostgreSQL at 127.0.0.1:5432")
+    dropped = False
+    metrics = GatewayMetrics()
+    log = PayloadLog(GatewaySettings(payload_log_rate=1.0, payload_log_db=url), metrics, random.Random(0))
+    log.start()
+    try:
+        log.offer("gone", "Production", "1", b'{"inputs": [[1]]}', b'{"predictions": [0]}', 200, 0.001)
+        wait_for(lambda: _value(metrics, "written") == 1, 30, what="the first row written")
+        drop()
+        dropped = True
+        for _ in range(50):
+            log.offer("gone", "Production", "1", b'{"inputs": [[1]]}', b'{"predictions": [0]}', 200, 0.001)
+        wait_for(lambda: _value(metrics, "failed") == 50, 30, what="the 50 rows counted as failed")
+    finally:
+        log.stop()
+        if not dropped:
+            drop()
+    assert (_value(metrics, "written"), _value(metrics, "refused")) == (1, 0)

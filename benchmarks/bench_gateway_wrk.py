@@ -1,0 +1,190 @@
+"""Gateway overhead by wrk: the same replica called directly and through the gateway with
+one and with two instances (SO_REUSEPORT), at concurrency 1, 8, 32 and 128.
+
+wrk (Debian package ``wrk``) is the load generator: a C client whose own cost is a small
+fraction of a Python client's, so the difference it measures is the gateway's. Targets
+take turns, cell by cell, and each figure is the median of ``--rounds`` runs.
+
+A second table measures what the gateway itself can carry: the backend is haproxy answering
+a fixed prediction (Debian package ``haproxy``, ``http-request return``), far faster than a
+model server, so the gateway is the bottleneck; 1 instance against 2 at concurrency 32.
+
+    python -m benchmarks.bench_gateway_wrk [--seconds 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlops_autoserve.routetable import (
+    Replica,
+    RouteEntry,
+    RouteTable,
+    table_path,
+    write,
+)
+
+import mlops_toolkit as mt
+from benchmarks.support import ServingStack, print_table, write_json
+from mlops_toolkit import http
+from tests.harness import IRIS_SPLIT, Watcher, free_port, wait_for
+
+ONE_ROW = {"dataframe_split": {**IRIS_SPLIT["dataframe_split"], "data": IRIS_SPLIT["dataframe_split"]["data"][:1]}}
+LEVELS = (1, 8, 32, 128)
+
+
+def wrk(url: str, concurrency: int, seconds: float, script: Path) -> tuple[float, float]:
+    """(requests/s, p50 ms) of one wrk run; non-2xx answers make it fail loudly."""
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    value, unit = re.search(r"50%\s+([\d.]+)(us|ms|s)", out).groups()
+    return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def post_script(root: Path, body: dict) -> Path:
+    script = root / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(json.dumps(body))}\n")
+    return script
+
+
+class Gateways:
+    """``mlops gateway`` processes serving one route table, with 1 or N instances."""
+
+    def __init__(self, state_dir: Path, instances: int) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_toolkit.cli", "gateway", "--state-dir", str(state_dir), "--port",
+             str(self.port), "--admin-port", str(self.admin_port), "--instances", str(instances)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for i in range(instances):
+            wait_for(lambda i=i: http.answers(f"http://127.0.0.1:{self.admin_port + i}/health"), 30,
+                     what=f"gateway instance {i}")
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(10)
+
+
+def side_by_side(targets: dict[str, str], levels: tuple[int, ...], seconds: float, rounds: int,
+                 script: Path) -> dict[tuple[int, str], tuple[float, float]]:
+    cells: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for c in levels:
+        for name, url in targets.items():  # warm connections and caches
+            wrk(url, c, 1, script)
+        for _ in range(rounds):
+            for name, url in targets.items():
+                cells.setdefault((c, name), []).append(wrk(url, c, seconds, script))
+    return {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for k, v in cells.items()}
+
+
+def haproxy_backend(root: Path, answer: bytes) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = root / "haproxy.cfg"
+    config.write_text(f"""global
+    maxconn 4096
+defaults
+    mode http
+    timeout client 30s
+    timeout server 30s
+    timeout connect 5s
+frontend fixed
+    bind 127.0.0.1:{port}
+    http-request return status 200 content-type application/json string '{answer.decode()}'
+""")
+    process = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for(lambda: subprocess.run(["wrk", "-t1", "-c1", "-d0.2s", f"http://127.0.0.1:{port}/ping"],
+                                    capture_output=True).returncode == 0, 10, what="haproxy")
+    return process, port
+
+
+def fixed_table(state_dir: Path, backend_port: int) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    route = RouteEntry("fixed", "Production", 1, 1, "ready", time.time(),
+                       replicas=(Replica(f"http://127.0.0.1:{backend_port}", "haproxy"),))
+    write(table_path(state_dir), RouteTable(serial=1, published_at=time.time(), routes=(route,)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="Per wrk run.")
+    parser.add_argument("--rounds", type=int, default=3, help="Runs per cell (the median is shown).")
+    args = parser.parse_args()
+    for tool in ("wrk", "haproxy"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (Debian: apt-get install {tool})")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=1) as stack:
+        root = Path(tmp)
+        script = post_script(root, ONE_ROW)
+        mt.set_alias(stack.model, "Production", stack.versions[0])
+        watcher = Watcher(stack.server.uri, root / "autoserve", [stack.model]).start()
+        gateways: list[Gateways] = []
+        try:
+            endpoint = wait_for(lambda: (e := watcher.endpoints().get("Production")) and e["state"] == "ready" and e,
+                                180, what="Production ready")
+            path = f"/serve/{stack.model}/Production/invocations"
+            two = Gateways(root / "autoserve", instances=2)
+            gateways.append(two)
+            targets = {"direct": endpoint["url"] + "/invocations", "gateway, 1 instance": watcher.url + path,
+                       "gateway, 2 instances": f"http://127.0.0.1:{two.port}{path}"}
+            cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, script)
+            rows = []
+            for c in LEVELS:
+                direct_rate, direct_p50 = cells[(c, "direct")]
+                for name in targets:
+                    rate, p50 = cells[(c, name)]
+                    rows.append([c, name, f"{rate:,.0f}", f"{p50:.2f}",
+                                 "" if name == "direct" else f"{rate / direct_rate:.0%}",
+                                 "" if name == "direct" else f"{p50 - direct_p50:+.2f}"])
+            print("\nGateway overhead, one replica of the iris model (wrk, median of "
+                  f"{args.rounds} x {args.seconds:g} s, single-row requests)")
+            print_table(["concurrency", "target", "req/s", "p50 ms", "of direct", "added p50 ms"], rows)
+            results["overhead"] = {f"{c}/{n}": {"rps": r, "p50_ms": p} for (c, n), (r, p) in cells.items()}
+        finally:
+            for g in gateways:
+                g.stop()
+            watcher.stop()
+
+        answer = json.dumps({"predictions": [0]}).encode()
+        backend, backend_port = haproxy_backend(root, answer)
+        try:
+            fixed_table(root / "fixed", backend_port)
+            one, two = Gateways(root / "fixed", 1), Gateways(root / "fixed", 2)
+            try:
+                path = "/serve/fixed/Production/invocations"
+                targets = {"direct (haproxy)": f"http://127.0.0.1:{backend_port}/invocations",
+                           "gateway, 1 instance": f"http://127.0.0.1:{one.port}{path}",
+                           "gateway, 2 instances": f"http://127.0.0.1:{two.port}{path}"}
+                cells = side_by_side(targets, (32,), args.seconds, args.rounds, script)
+            finally:
+                one.stop()
+                two.stop()
+        finally:
+            backend.terminate()
+        one_rate = cells[(32, "gateway, 1 instance")][0]
+        print("\nWhat the gateway carries (backend: haproxy with a fixed answer; concurrency 32)")
+        print_table(["target", "req/s", "p50 ms", "of 1 instance"],
+                    [[n, f"{r:,.0f}", f"{p:.2f}", "" if n.startswith("direct") else f"{r / one_rate:.2f}x"]
+                     for (_, n), (r, p) in cells.items()])
+        results["capacity"] = {n: {"rps": r, "p50_ms": p} for (_, n), (r, p) in cells.items()}
+    print(f"\nfigures: {write_json('gateway_wrk', results)}")
+
+
+if __name__ == "__main__":
+    main()
