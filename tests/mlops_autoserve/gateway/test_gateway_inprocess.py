@@ -18,7 +18,7 @@ import json
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -28,7 +28,13 @@ from mlops_autoserve.gateway import Gateway, listen
 from mlops_autoserve.gateway.limits import LimitCounter
 from mlops_autoserve.gateway.listener import ListenLimits, guards_for
 from mlops_autoserve.metrics import GatewayMetrics
-from mlops_autoserve.routetable import Replica, RouteEntry, RouteTable, table_path
+from mlops_autoserve.routetable import (
+    Replica,
+    RouteEntry,
+    RouteTable,
+    ShadowTarget,
+    table_path,
+)
 from mlops_autoserve.settings import GatewaySettings
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -598,3 +604,26 @@ async def test_series_of_a_route_removed_from_the_table_disappear_from_metrics(t
         assert (models(samples), serial(samples)) == ({"ma"}, 2)
         _, body = await gw.get_admin("/load")
         assert b.url.encode() not in body and a.url.encode() in body
+
+
+@in_loop
+async def test_shadow_series_go_when_no_route_copies_to_that_shadow_any_more(tmp_path):
+    """Shadow metrics follow the table too: once the route stops copying to its shadow, the
+    shadow's series leave /metrics."""
+    async with backends(2) as (a, s):
+        shadowed = replace(route("ma", "prod", a.url),
+                           shadow=ShadowTarget("challenger", 2, 100.0, "auto", (Replica(s.url, "s"),)))
+        async with gateway(tmp_path, shadowed) as gw:
+            assert (await gw.post("ma", "prod"))[0] == 200
+
+            def shadow_series(samples: list) -> set[tuple[str, str]]:
+                return {(x.labels["model"], x.labels["alias"]) for x in samples
+                        if x.name.startswith("autoserve_shadow_")}
+
+            await until(lambda: s.calls >= 1, "the shadow copy sent")
+            await asyncio.sleep(0.05)
+            assert shadow_series(await gw.metrics()) == {("ma", "challenger")}
+            publish(tmp_path, route("ma", "prod", a.url), serial=2)
+            await until(lambda: gw.gateway.table.table.serial == 2, "the new table loaded")
+            await asyncio.sleep(0.05)
+            assert shadow_series(await gw.metrics()) == set()

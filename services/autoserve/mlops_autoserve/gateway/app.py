@@ -126,6 +126,7 @@ class Gateway:
         routes = {(route.model, route.alias) for route in table.routes}
         self.answers.keep_only(routes)
         self.recent.keep_only(routes)
+        self.shadows.keep_only({(r.model, r.shadow.alias, str(r.shadow.version)) for r in table.routes if r.shadow})
         self.metrics.table_serial.set(table.serial)
         log.info("route table loaded", extra={"serial": table.serial, "routes": len(table.routes)})
 

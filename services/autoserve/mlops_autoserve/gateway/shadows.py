@@ -26,6 +26,8 @@ from mlops_autoserve.routetable import RouteEntry, ShadowTarget
 
 log = logging.getLogger("autoserve.gateway")
 
+RESULTS = ("ok", "error", "timeout", "dropped", "mismatch")  # of autoserve_shadow_requests_total
+
 
 @dataclass(frozen=True)
 class Copy:
@@ -50,6 +52,7 @@ class ShadowCopies:
         self.max_bytes = max_bytes
         self.queued_bytes = 0
         self.workers = workers
+        self._series: set[tuple[str, str, str]] = set()  # (model, shadow alias, version) with series
 
     def start(self) -> list[asyncio.Task]:
         return [asyncio.create_task(self._work()) for _ in range(self.workers)]
@@ -104,6 +107,7 @@ class ShadowCopies:
             return
         finally:
             state.inflight -= 1
+        self._series.add((copy.model, shadow.alias, str(shadow.version)))
         self.metrics.shadow_latency.labels(copy.model, shadow.alias).observe(time.perf_counter() - started)
         if status != 200:
             self._count(copy, "error")
@@ -122,4 +126,27 @@ class ShadowCopies:
             self.metrics.shadow_abs_diff.labels(*labels).inc(result.abs_diff_sum)
 
     def _count(self, copy: Copy, result: str) -> None:
+        self._series.add((copy.model, copy.shadow.alias, str(copy.shadow.version)))
         self.metrics.shadow_requests.labels(copy.model, copy.shadow.alias, str(copy.shadow.version), result).inc()
+
+    def keep_only(self, shadows: set[tuple[str, str, str]]) -> None:
+        """Remove the series of (model, shadow alias, version) no route of the table copies to
+        any more: like the answer counters, the shadow series follow the table."""
+        m = self.metrics
+        for model, alias, version in [k for k in self._series if k not in shadows]:
+            self._series.discard((model, alias, version))
+            for metric, labels in ((m.shadow_compared, (model, alias, version)),
+                                   (m.shadow_agreement, (model, alias, version)),
+                                   (m.shadow_abs_diff, (model, alias, version))):
+                _remove(metric, labels)
+            for result in RESULTS:
+                _remove(m.shadow_requests, (model, alias, version, result))
+            if not any(k[:2] == (model, alias) for k in self._series):
+                _remove(m.shadow_latency, (model, alias))
+
+
+def _remove(metric, labels: tuple[str, ...]) -> None:  # noqa: ANN001 - a prometheus_client metric
+    try:
+        metric.remove(*labels)
+    except KeyError:  # never made
+        pass
