@@ -160,6 +160,8 @@ class Watcher:
             *(["--webhook-secret", secret] if secret else []), *extra,
         ]
         self.log_path = state_dir.parent / f"watcher-{self.port}.log"
+        # Gateway instance i has admin port admin_port + i.
+        self.gateway_instances = int(extra[extra.index("--gateway-instances") + 1]) if "--gateway-instances" in extra else 1
         self.process: subprocess.Popen | None = None
 
     @property
@@ -240,9 +242,10 @@ class Watcher:
         return total
 
     def metrics_text(self) -> str:
-        """Both /metrics pages: the watcher's (control loop) and the gateway's (requests)."""
+        """The /metrics pages of the watcher (control loop) and of every gateway instance (requests)."""
         pages = []
-        for url in (self.watcher_url, self.admin_url):
+        instances = [f"http://127.0.0.1:{self.admin_port + i}" for i in range(self.gateway_instances)]
+        for url in (self.watcher_url, *instances):
             with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
                 pages.append(response.read().decode())
         return "".join(pages)

@@ -110,7 +110,8 @@ def live_stack(tmp_path_factory, iris_data) -> Iterator[LiveStack]:
 
         targets_dir = root / "targets"
         watcher = Watcher(server.uri, root / "autoserve", [model], "--targets-file",
-                          str(targets_dir / "serving.json"), "--payload-log-rate", "1",
+                          str(targets_dir / "serving.json"), "--gateway-instances", "2",  # as the compose stack
+                          "--payload-log-rate", "1",
                           "--payload-log-db", f"sqlite:///{root / 'app.db'}").start()
         stopping.append(watcher.stop)
         # In memory only (see tests/conftest.py pushgateway).

@@ -88,7 +88,8 @@ def _local_config(stack, directory: Path, prometheus_port: int) -> Path:
     hosts = {
         "localhost:9090": f"127.0.0.1:{prometheus_port}",
         "autoserve-gateway:8000": stack.watcher.url.removeprefix("http://"),
-        "autoserve-gateway:8001": stack.watcher.admin_url.removeprefix("http://"),
+        "autoserve-gateway:8001": stack.watcher.admin_url.removeprefix("http://"),  # gateway instance 0
+        "autoserve-gateway:8002": f"127.0.0.1:{stack.watcher.admin_port + 1}",  # instance 1, as in compose
         "mlflow-autoserve:8002": stack.watcher.watcher_url.removeprefix("http://"),
         "mlflow:5000": stack.mlflow.uri.removeprefix("http://"),
         "pushgateway:9091": stack.pushgateway.url.removeprefix("http://"),
