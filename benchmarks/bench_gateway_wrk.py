@@ -38,6 +38,7 @@ from mlops_autoserve.routetable import (
 import mlops_toolkit as mt
 from benchmarks.support import ServingStack, print_table, write_json
 from mlops_toolkit import http
+from mlops_toolkit.ops.processes import port_is_open
 from tests.harness import IRIS_SPLIT, Watcher, free_port, wait_for
 
 ONE_ROW = {"dataframe_split": {**IRIS_SPLIT["dataframe_split"], "data": IRIS_SPLIT["dataframe_split"]["data"][:1]}}
@@ -46,10 +47,11 @@ LEVELS = (1, 8, 32, 128)
 
 def wrk(url: str, concurrency: int, seconds: float, script: Path) -> tuple[float, float]:
     """(requests/s, p50 ms) of one wrk run; non-2xx answers make it fail loudly."""
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s", "--latency",
+                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+    print(f"  c={concurrency} {url}: " + " ".join(re.findall(r"Requests/sec:\s+[\d.]+|50%\s+\S+", out)), flush=True)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     value, unit = re.search(r"50%\s+([\d.]+)(us|ms|s)", out).groups()
     return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -108,8 +110,7 @@ frontend fixed
 """)
     process = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    wait_for(lambda: subprocess.run(["wrk", "-t1", "-c1", "-d0.2s", f"http://127.0.0.1:{port}/ping"],
-                                    capture_output=True).returncode == 0, 10, what="haproxy")
+    wait_for(lambda: port_is_open("127.0.0.1", port), 10, what="haproxy")
     return process, port
 
 
@@ -120,15 +121,53 @@ def fixed_table(state_dir: Path, backend_port: int) -> None:
     write(table_path(state_dir), RouteTable(serial=1, published_at=time.time(), routes=(route,)))
 
 
+def capacity(root: Path, script: Path, args: argparse.Namespace) -> dict:
+    """What the gateway itself carries: haproxy with a fixed answer behind it, 1 vs 2 instances."""
+    answer = json.dumps({"predictions": [0]}).encode()
+    backend, backend_port = haproxy_backend(root, answer)
+    try:
+        fixed_table(root / "fixed", backend_port)
+        one, two = Gateways(root / "fixed", 1), Gateways(root / "fixed", 2)
+        try:
+            path = "/serve/fixed/Production/invocations"
+            targets = {"direct (haproxy)": f"http://127.0.0.1:{backend_port}/invocations",
+                       "gateway, 1 instance": f"http://127.0.0.1:{one.port}{path}",
+                       "gateway, 2 instances": f"http://127.0.0.1:{two.port}{path}"}
+            cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, script)
+        finally:
+            one.stop()
+            two.stop()
+    finally:
+        backend.terminate()
+    print("\nWhat the gateway carries (backend: haproxy with a fixed answer)")
+    rows = []
+    for c in LEVELS:
+        direct_p50 = cells[(c, "direct (haproxy)")][1]
+        one_rate = cells[(c, "gateway, 1 instance")][0]
+        for name in targets:
+            rate, p50 = cells[(c, name)]
+            gw = not name.startswith("direct")
+            rows.append([c, name, f"{rate:,.0f}", f"{p50:.2f}", f"{p50 - direct_p50:+.2f}" if gw else "",
+                         f"{rate / one_rate:.2f}x" if gw else ""])
+    print_table(["concurrency", "target", "req/s", "p50 ms", "added p50 ms", "of 1 instance"], rows)
+    return {f"{c}/{n}": {"rps": r, "p50_ms": p} for (c, n), (r, p) in cells.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="Per wrk run.")
     parser.add_argument("--rounds", type=int, default=3, help="Runs per cell (the median is shown).")
+    parser.add_argument("--capacity-only", action="store_true", help="Only the second table (haproxy backend).")
     args = parser.parse_args()
     for tool in ("wrk", "haproxy"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (Debian: apt-get install {tool})")
     results: dict = {}
+    if args.capacity_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["capacity"] = capacity(Path(tmp), post_script(Path(tmp), ONE_ROW), args)
+        print(f"\nfigures: {write_json('gateway_wrk_capacity', results)}")
+        return
     with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=1) as stack:
         root = Path(tmp)
         script = post_script(root, ONE_ROW)
@@ -161,28 +200,7 @@ def main() -> None:
                 g.stop()
             watcher.stop()
 
-        answer = json.dumps({"predictions": [0]}).encode()
-        backend, backend_port = haproxy_backend(root, answer)
-        try:
-            fixed_table(root / "fixed", backend_port)
-            one, two = Gateways(root / "fixed", 1), Gateways(root / "fixed", 2)
-            try:
-                path = "/serve/fixed/Production/invocations"
-                targets = {"direct (haproxy)": f"http://127.0.0.1:{backend_port}/invocations",
-                           "gateway, 1 instance": f"http://127.0.0.1:{one.port}{path}",
-                           "gateway, 2 instances": f"http://127.0.0.1:{two.port}{path}"}
-                cells = side_by_side(targets, (32,), args.seconds, args.rounds, script)
-            finally:
-                one.stop()
-                two.stop()
-        finally:
-            backend.terminate()
-        one_rate = cells[(32, "gateway, 1 instance")][0]
-        print("\nWhat the gateway carries (backend: haproxy with a fixed answer; concurrency 32)")
-        print_table(["target", "req/s", "p50 ms", "of 1 instance"],
-                    [[n, f"{r:,.0f}", f"{p:.2f}", "" if n.startswith("direct") else f"{r / one_rate:.2f}x"]
-                     for (_, n), (r, p) in cells.items()])
-        results["capacity"] = {n: {"rps": r, "p50_ms": p} for (_, n), (r, p) in cells.items()}
+        results["capacity"] = capacity(root, script, args)
     print(f"\nfigures: {write_json('gateway_wrk', results)}")
 
 
