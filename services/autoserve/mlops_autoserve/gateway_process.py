@@ -116,7 +116,7 @@ class GatewayProcess:
 
     def _start(self) -> None:
         s = self.settings
-        command = [sys.executable, "-m", "mlops_toolkit.cli", "gateway", *command_line(s),
+        command = [sys.executable, "-m", "mlops_autoserve.gateway", *command_line(s),  # without MLflow's imports
                    *(["--auth-token-file", str(self.auth_token_file)] if self.auth_token_file else []),
                    *(["--admin-token-file", str(self.admin_token_file)] if self.admin_token_file else [])]
         # The app-db URL may hold a password: the environment, not the command line (ps shows that).
@@ -193,7 +193,7 @@ def _is_gateway(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"gateway" in argv and b"mlops_toolkit.cli" in argv
+    return b"mlops_autoserve.gateway" in argv or (b"gateway" in argv and b"mlops_toolkit.cli" in argv)
 
 
 def _last_line(path: Path) -> str:
