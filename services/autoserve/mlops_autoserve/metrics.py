@@ -161,7 +161,8 @@ class GatewayMetrics:
         )
         self.limits_total = Counter(
             "autoserve_gateway_limits", "Requests and connections a gateway limit refused or cut, by limit: "
-            "connections (over --max-connections), header_timeout, body_timeout (a stalled upload), body_budget "
+            "connections (over --max-connections), header_timeout, send_timeout (a caller that stopped reading its "
+            "answer for 60 s), body_timeout (a stalled upload), body_budget "
             "(over --max-inflight-mb), body_size (413), response_size (over --max-response-mb), shadow_bytes, "
             "payload_log_bytes", ["limit"], registry=r,
         )
