@@ -64,18 +64,44 @@ def post_script(root: Path, body: dict) -> Path:
     return script
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of ``count`` consecutive free ports (instance i's admin port is the first + i)."""
+    for _ in range(100):
+        first = free_port()
+        if all(port_is_free(first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class Gateways:
     """``mlops gateway`` processes serving one route table, with 1 or N instances."""
 
     def __init__(self, state_dir: Path, instances: int) -> None:
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.admin_port = free_port(), free_ports_in_a_row(instances)
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_toolkit.cli", "gateway", "--state-dir", str(state_dir), "--port",
+            [sys.executable, "-m", "mlops_autoserve.gateway", "--state-dir", str(state_dir), "--port",
              str(self.port), "--admin-port", str(self.admin_port), "--instances", str(instances)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        for i in range(instances):
-            wait_for(lambda i=i: http.answers(f"http://127.0.0.1:{self.admin_port + i}/health"), 30,
-                     what=f"gateway instance {i}")
+            stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
+        try:
+            for i in range(instances):
+                wait_for(lambda i=i: http.answers(f"http://127.0.0.1:{self.admin_port + i}/health"), 30,
+                         what=f"gateway instance {i}")
+        except Exception:
+            self.log.seek(0)
+            print(self.log.read().decode(errors="replace")[-3000:], file=sys.stderr)
+            raise
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -127,7 +153,12 @@ def capacity(root: Path, script: Path, args: argparse.Namespace) -> dict:
     backend, backend_port = haproxy_backend(root, answer)
     try:
         fixed_table(root / "fixed", backend_port)
-        one, two = Gateways(root / "fixed", 1), Gateways(root / "fixed", 2)
+        one = Gateways(root / "fixed", 1)
+        try:
+            two = Gateways(root / "fixed", 2)
+        except BaseException:
+            one.stop()
+            raise
         try:
             path = "/serve/fixed/Production/invocations"
             targets = {"direct (haproxy)": f"http://127.0.0.1:{backend_port}/invocations",

@@ -139,12 +139,13 @@ def test_replicas_follow_a_real_load_up_to_max_and_back_to_min(tracking_uri, ser
             wait_for(lambda: w.endpoints()["scaled"]["ready_replicas"] == 3, 120, what="three ready replicas")
             scaled_up_after = time.monotonic() - started
             endpoint = w.endpoints()["scaled"]
+            # read under load: once it stops, the 4 s cooldown starts taking replicas away
+            status = mlops_script("serve", "status", "--gateway-admin", w.admin_url)
             time.sleep(2)  # traffic spreads over the new replicas
         assert load.failed == 0, load.codes
         assert endpoint["scale"]["wanted"] == 3 and endpoint["scale"]["max"] == 3
         # up to the ceiling, in one step or two (the first rate sample may catch the load ramping)
         assert re.match(r"up [12] -> 3: \d+ req/s .* target 30 req/s per replica", endpoint["scale"]["last"])
-        status = mlops_script("serve", "status", "--gateway-admin", w.admin_url)
         assert re.search(r"3/3 wants 3 \(1-3\), up [12] -> 3 \d+ s ago", status.stdout), status.stdout
         print(f"\nscaled up 1 -> 3 in {scaled_up_after:.1f} s after the load started "
               f"({load.codes}, versions {dict(load.versions)})")

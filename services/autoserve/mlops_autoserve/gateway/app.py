@@ -103,7 +103,7 @@ class Gateway:
         if self.table.refresh():  # the table at start is applied too (its serial on /metrics)
             self._loaded()
         self._tasks = [asyncio.create_task(self._follow_table()),
-                       asyncio.create_task(self.pool.readmit(self.proxy.session, self.settings.readmit_interval)),
+                       asyncio.create_task(self.pool.readmit(self.proxy.client, self.settings.readmit_interval)),
                        asyncio.create_task(self._gauges()), *self.shadows.start()]
         self.payload_log.start()
 

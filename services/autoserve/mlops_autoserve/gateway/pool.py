@@ -14,8 +14,11 @@ import logging
 import time
 from collections.abc import Iterable
 
-import aiohttp
-
+from mlops_autoserve.gateway.backend import (
+    BackendClient,
+    BackendError,
+    ResponseTooLarge,
+)
 from mlops_autoserve.metrics import GatewayMetrics
 from mlops_autoserve.routetable import Replica
 
@@ -90,7 +93,7 @@ class ReplicaPool:
         for url in [u for u, s in self.states.items() if u not in live and s.inflight == 0]:
             del self.states[url]
 
-    async def readmit(self, session: aiohttp.ClientSession, interval: float) -> None:
+    async def readmit(self, client: BackendClient, interval: float) -> None:
         """Ping ejected replicas; one good ``GET /ping`` puts a replica back in rotation."""
         while True:
             await asyncio.sleep(interval)
@@ -98,9 +101,9 @@ class ReplicaPool:
                 if state.ejected_at is None:
                     continue
                 try:
-                    async with session.get(url + "/ping", timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT_S)) as r:
-                        ok = r.status == 200
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    async with asyncio.timeout(PING_TIMEOUT_S):
+                        ok = (await client.request(url, "GET", "/ping", fresh=True)).status == 200
+                except (BackendError, ResponseTooLarge, TimeoutError):
                     ok = False
                 if ok:
                     state.ejected_at, state.failures = None, 0

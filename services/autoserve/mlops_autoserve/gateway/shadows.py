@@ -14,12 +14,11 @@ import random
 import time
 from dataclasses import dataclass
 
-import aiohttp
-
+from mlops_autoserve.gateway.backend import BackendError, ResponseTooLarge
 from mlops_autoserve.gateway.compare import compare
 from mlops_autoserve.gateway.limits import LimitCounter
 from mlops_autoserve.gateway.pool import ReplicaPool
-from mlops_autoserve.gateway.proxy import Proxy, ResponseTooLarge, read_capped
+from mlops_autoserve.gateway.proxy import Proxy
 from mlops_autoserve.gateway.recent import RecentAnswers
 from mlops_autoserve.metrics import GatewayMetrics
 from mlops_autoserve.routetable import RouteEntry, ShadowTarget
@@ -95,14 +94,14 @@ class ShadowCopies:
         state.enter()
         started = time.perf_counter()
         try:
-            async with self.proxy.session.post(replica.url + "/invocations", data=copy.body,
-                                               headers=copy.headers) as resp:
-                payload = await read_capped(resp, self.proxy.max_response_bytes)
-                status = resp.status
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.proxy.request_timeout):
+                answer = await self.proxy.client.request(replica.url, "POST", "/invocations", copy.body,
+                                                         copy.headers)
+            payload, status = answer.body, answer.status
+        except TimeoutError:
             self._count(copy, "timeout")
             return
-        except (aiohttp.ClientError, ResponseTooLarge):
+        except (BackendError, ResponseTooLarge):
             self._count(copy, "error")
             return
         finally:
