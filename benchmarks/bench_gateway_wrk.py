@@ -5,6 +5,9 @@ wrk (Debian package ``wrk``) is the load generator: a C client whose own cost is
 fraction of a Python client's, so the difference it measures is the gateway's. Targets
 take turns, cell by cell, and each figure is the median of ``--rounds`` runs.
 
+The first table has a fourth target: haproxy (Debian package ``haproxy``) as a reverse proxy
+in front of the same replica, what one more hop costs when no Python is in it.
+
 A second table measures what the gateway itself can carry: the backend is haproxy answering
 a fixed prediction (Debian package ``haproxy``, ``http-request return``), far faster than a
 model server, so the gateway is the bottleneck; 1 instance against 2 at concurrency 32.
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlops_autoserve.routetable import (
@@ -109,35 +113,71 @@ class Gateways:
 
 
 def side_by_side(targets: dict[str, str], levels: tuple[int, ...], seconds: float, rounds: int,
-                 script: Path) -> dict[tuple[int, str], tuple[float, float]]:
-    cells: dict[tuple[int, str], list[tuple[float, float]]] = {}
+                 script: Path, meters: dict[str, Callable[[], float]] | None = None,
+                 ) -> dict[tuple[int, str], tuple[float, float, float | None]]:
+    """(req/s, p50 ms, cores the target's processes used) by (concurrency, target): the
+    median of ``rounds``; cores only for targets with a CPU-seconds meter."""
+    meters = meters or {}
+    cells: dict[tuple[int, str], list[tuple[float, float, float | None]]] = {}
     for c in levels:
         for name, url in targets.items():  # warm connections and caches
             wrk(url, c, 1, script)
         for _ in range(rounds):
             for name, url in targets.items():
-                cells.setdefault((c, name), []).append(wrk(url, c, seconds, script))
-    return {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for k, v in cells.items()}
+                meter = meters.get(name)
+                cpu, wall = (meter() if meter else 0.0), time.monotonic()
+                rate, p50 = wrk(url, c, seconds, script)
+                cores = (meter() - cpu) / (time.monotonic() - wall) if meter else None
+                cells.setdefault((c, name), []).append((rate, p50, cores))
+    return {k: (statistics.median(r for r, _, _ in v), statistics.median(p for _, p, _ in v),
+                statistics.median(u for _, _, u in v) if v[0][2] is not None else None) for k, v in cells.items()}
 
 
-def haproxy_backend(root: Path, answer: bytes) -> tuple[subprocess.Popen, int]:
+def cpu_seconds(group: int) -> float:
+    """User + system CPU seconds of every live process in process group ``group``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # pgrp; utime and stime are fields 14 and 15 of stat(5)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def haproxy(root: Path, name: str, frontend: str) -> tuple[subprocess.Popen, int]:
+    """haproxy (Debian's) on a free port with ``frontend`` as the rest of its config."""
     port = free_port()
-    config = root / "haproxy.cfg"
+    config = root / f"haproxy-{name}.cfg"
     config.write_text(f"""global
     maxconn 4096
 defaults
     mode http
+    option http-keep-alive
     timeout client 30s
     timeout server 30s
     timeout connect 5s
-frontend fixed
+frontend {name}
     bind 127.0.0.1:{port}
-    http-request return status 200 content-type application/json string '{answer.decode()}'
-""")
+{frontend}""")
     process = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     wait_for(lambda: port_is_open("127.0.0.1", port), 10, what="haproxy")
     return process, port
+
+
+def haproxy_backend(root: Path, answer: bytes) -> tuple[subprocess.Popen, int]:
+    """A backend answering every request with ``answer`` at once."""
+    return haproxy(root, "fixed", f"    http-request return status 200 content-type application/json "
+                                  f"string '{answer.decode()}'\n")
+
+
+def haproxy_proxy(root: Path, backend_url: str) -> tuple[subprocess.Popen, int]:
+    """A C reverse proxy in front of ``backend_url``: what one more hop costs without Python."""
+    host_port = backend_url.removeprefix("http://").rstrip("/")
+    return haproxy(root, "proxy", f"    default_backend replica\nbackend replica\n    server r {host_port}\n")
 
 
 def fixed_table(state_dir: Path, backend_port: int) -> None:
@@ -164,7 +204,9 @@ def capacity(root: Path, script: Path, args: argparse.Namespace) -> dict:
             targets = {"direct (haproxy)": f"http://127.0.0.1:{backend_port}/invocations",
                        "gateway, 1 instance": f"http://127.0.0.1:{one.port}{path}",
                        "gateway, 2 instances": f"http://127.0.0.1:{two.port}{path}"}
-            cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, script)
+            meters = {"gateway, 1 instance": lambda: cpu_seconds(one.process.pid),
+                      "gateway, 2 instances": lambda: cpu_seconds(two.process.pid)}
+            cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, script, meters)
         finally:
             one.stop()
             two.stop()
@@ -176,12 +218,14 @@ def capacity(root: Path, script: Path, args: argparse.Namespace) -> dict:
         direct_p50 = cells[(c, "direct (haproxy)")][1]
         one_rate = cells[(c, "gateway, 1 instance")][0]
         for name in targets:
-            rate, p50 = cells[(c, name)]
+            rate, p50, cores = cells[(c, name)]
             gw = not name.startswith("direct")
             rows.append([c, name, f"{rate:,.0f}", f"{p50:.2f}", f"{p50 - direct_p50:+.2f}" if gw else "",
-                         f"{rate / one_rate:.2f}x" if gw else ""])
-    print_table(["concurrency", "target", "req/s", "p50 ms", "added p50 ms", "of 1 instance"], rows)
-    return {f"{c}/{n}": {"rps": r, "p50_ms": p} for (c, n), (r, p) in cells.items()}
+                         f"{rate / one_rate:.2f}x" if gw else "", f"{cores:.2f}" if gw else "",
+                         f"{cores / rate * 1e6:.0f}" if gw else ""])
+    print_table(["concurrency", "target", "req/s", "p50 ms", "added p50 ms", "of 1 instance", "gateway cores",
+                 "gateway CPU us/req"], rows)
+    return {f"{c}/{n}": {"rps": r, "p50_ms": p, "gateway_cores": u} for (c, n), (r, p, u) in cells.items()}
 
 
 def main() -> None:
@@ -211,21 +255,27 @@ def main() -> None:
             path = f"/serve/{stack.model}/Production/invocations"
             two = Gateways(root / "autoserve", instances=2)
             gateways.append(two)
-            targets = {"direct": endpoint["url"] + "/invocations", "gateway, 1 instance": watcher.url + path,
+            proxy, proxy_port = haproxy_proxy(root, endpoint["url"])
+            targets = {"direct": endpoint["url"] + "/invocations",
+                       "haproxy in front (C proxy)": f"http://127.0.0.1:{proxy_port}/invocations",
+                       "gateway, 1 instance": watcher.url + path,
                        "gateway, 2 instances": f"http://127.0.0.1:{two.port}{path}"}
-            cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, script)
+            try:
+                cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, script)
+            finally:
+                proxy.terminate()
             rows = []
             for c in LEVELS:
-                direct_rate, direct_p50 = cells[(c, "direct")]
+                direct_rate, direct_p50, _ = cells[(c, "direct")]
                 for name in targets:
-                    rate, p50 = cells[(c, name)]
+                    rate, p50, _ = cells[(c, name)]
                     rows.append([c, name, f"{rate:,.0f}", f"{p50:.2f}",
                                  "" if name == "direct" else f"{rate / direct_rate:.0%}",
                                  "" if name == "direct" else f"{p50 - direct_p50:+.2f}"])
             print("\nGateway overhead, one replica of the iris model (wrk, median of "
                   f"{args.rounds} x {args.seconds:g} s, single-row requests)")
             print_table(["concurrency", "target", "req/s", "p50 ms", "of direct", "added p50 ms"], rows)
-            results["overhead"] = {f"{c}/{n}": {"rps": r, "p50_ms": p} for (c, n), (r, p) in cells.items()}
+            results["overhead"] = {f"{c}/{n}": {"rps": r, "p50_ms": p} for (c, n), (r, p, _) in cells.items()}
         finally:
             for g in gateways:
                 g.stop()

@@ -31,6 +31,11 @@ from mlops_toolkit.errors import ValidationError
 PORT = click.IntRange(1, 65535)
 
 
+def in_bytes(mb_setting: str) -> property:
+    """A read-only view of the ``mb_setting`` field in bytes."""
+    return property(lambda self: int(getattr(self, mb_setting) * 1024 * 1024), doc=f"{mb_setting}, in bytes")
+
+
 def token_reader(flag: str):  # noqa: ANN201
     """A parser of a token file given with ``flag``: one word (the trailing newline dropped)."""
 
@@ -351,22 +356,9 @@ class GatewaySettings:
         if self.payload_log_rate > 0 and not self.payload_log_db:
             raise ValidationError("--payload-log-rate needs the app-db: set --payload-log-db or APP_DB_URL")
 
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 1024 * 1024)
-
-    @property
-    def max_inflight_bytes(self) -> int:
-        return int(self.max_inflight_mb * 1024 * 1024)
-
-    @property
-    def max_response_bytes(self) -> int:
-        return int(self.max_response_mb * 1024 * 1024)
-
-    @property
-    def shadow_queue_bytes(self) -> int:
-        return int(self.shadow_queue_mb * 1024 * 1024)
-
-    @property
-    def payload_log_buffer_bytes(self) -> int:
-        return int(self.payload_log_buffer_mb * 1024 * 1024)
+    # Sizes are given in MB and used in bytes.
+    max_body_bytes = in_bytes("max_body_mb")
+    max_inflight_bytes = in_bytes("max_inflight_mb")
+    max_response_bytes = in_bytes("max_response_mb")
+    shadow_queue_bytes = in_bytes("shadow_queue_mb")
+    payload_log_buffer_bytes = in_bytes("payload_log_buffer_mb")
