@@ -106,6 +106,19 @@ async def test_a_connection_idle_past_the_keepalive_is_not_reused():
 
 
 @in_loop
+async def test_idle_connections_past_the_keepalive_are_closed_by_the_sweep():
+    async with RawServer(lambda _: OK) as server:
+        client = BackendClient(1024, keepalive=0.05)
+        await asyncio.gather(*(client.request(server.url, "GET", "/ping") for _ in range(3)))
+        assert client.idle_count() == 3
+        await asyncio.sleep(0.1)
+        client.close_expired()
+        await asyncio.sleep(0.01)  # connection_lost runs on the next loop turn
+        assert client.idle_count() == 0 and not client._idle  # nothing kept for that backend
+        await client.close()
+
+
+@in_loop
 async def test_a_url_with_a_path_prefix_keeps_it():
     async with RawServer(lambda _: OK) as server:
         client = BackendClient(1024)

@@ -99,7 +99,6 @@ class Gateway:
         return self.admin.app()
 
     async def _open(self, app: web.Application) -> None:
-        await self.proxy.open()
         if self.table.refresh():  # the table at start is applied too (its serial on /metrics)
             self._loaded()
         self._tasks = [asyncio.create_task(self._follow_table()),
@@ -134,6 +133,7 @@ class Gateway:
         while True:
             self.metrics.connections.set(len(self.guards.open) if self.guards else 0)
             self.metrics.body_bytes_inflight.set(self.budget.used)
+            self.proxy.client.close_expired()
             await asyncio.sleep(1.0)
 
     # -- data routes ---------------------------------------------------------------------

@@ -10,7 +10,8 @@ HTTP/1.1, ``Content-Length`` or chunked answers), so a client for exactly that i
 * a connection idle ``keepalive`` seconds is closed rather than reused: uvicorn closes
   idle connections after 5 s, and a request on a connection it is closing would fail;
 * at most ``max_idle`` idle connections are kept per backend; idle ones of a backend that
-  closed them go away with them (nothing is kept for a backend that is gone);
+  closed them go away with them, and :meth:`BackendClient.close_expired` closes the rest
+  once past ``keepalive`` (nothing is kept for a backend that is gone or hangs);
 * ``fresh=True`` sends over a new connection, closed after the answer: a retry must not
   land on another pooled connection to a backend that restarted on the same port;
 * a refused connect, a reset, or a connection closed before the whole answer is
@@ -247,6 +248,14 @@ class BackendClient:
             idle.remove(conn)
         if idle is not None and not idle:
             del self._idle[conn.key]
+
+    def close_expired(self) -> None:
+        """Close idle connections past ``keepalive`` (called every second: a backend that
+        left the table, or hangs, and never closes them itself holds no socket for long)."""
+        too_old = time.monotonic() - self.keepalive
+        for idle in list(self._idle.values()):
+            for conn in [c for c in idle if c.idle_since < too_old and c.transport is not None]:
+                conn.transport.close()
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())

@@ -41,9 +41,6 @@ class Proxy:
         self.limits = limits
         self.client = BackendClient(max_response_bytes)
 
-    async def open(self) -> None:
-        pass
-
     async def close(self) -> None:
         await self.client.close()
 
