@@ -1,0 +1,296 @@
+"""Open Inference Protocol (KServe V2) REST bodies to and from what ``mlflow models serve``
+takes and answers. Pure functions: no I/O, every problem a :class:`V2Error` with the status
+the spec asks for (400 for a request that does not fit the model).
+
+Request: V2 ``inputs`` (``name``, ``shape``, ``datatype``, row-major ``data``, flat or
+nested) become ``dataframe_split`` for a column signature (one input per column) and
+``inputs`` for a tensor signature (one unnamed tensor: the array itself; named tensors: a
+mapping); V2 ``parameters`` become MLflow ``params`` when the signature declares params.
+
+Answer: MLflow's ``predictions`` become V2 ``outputs``: a list of scalars or of rows is one
+output (the output signature's name, else ``predictions``), a list of records or a mapping
+of arrays is one output per name. Datatypes come from the output signature, else from the
+values (all booleans BOOL, all integers INT64, numbers FP64, else BYTES).
+
+Binary tensor data (``Inference-Header-Content-Length``) is refused with 400: JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mlops_autoserve.modelmeta import Signature, TensorMeta
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+FLOAT_TYPES = {"FP16", "FP32", "FP64"}
+DATATYPES = INT_TYPES | FLOAT_TYPES | {"BOOL", "BYTES"}
+MAX_ELEMENTS = 10_000_000  # a shape claiming more is refused before anything is built
+
+
+class V2Error(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A translated request: the MLflow body, and what the V2 answer needs to echo."""
+
+    body: bytes
+    id: str | None
+    outputs: tuple[str, ...]  # names the caller asked for ((): all)
+
+
+def _load(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise V2Error(f"the request body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise V2Error("the request body must be a JSON object with an 'inputs' list")
+    return data
+
+
+def _flatten(data: Any) -> list:
+    if not isinstance(data, list):
+        return [data]
+    if not any(isinstance(d, list) for d in data):
+        return data
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _nest(flat: list, shape: list[int]) -> Any:
+    """Row-major ``flat`` as nested lists of ``shape``."""
+    if len(shape) <= 1:
+        return flat
+    step = math.prod(shape[1:])
+    return [_nest(flat[i:i + step], shape[1:]) for i in range(0, len(flat), step)]
+
+
+def _check_value(name: str, datatype: str, value: Any) -> None:
+    ok = {
+        "BOOL": lambda v: isinstance(v, bool),
+        "BYTES": lambda v: isinstance(v, str),
+    }.get(datatype)
+    if ok is None:
+        if datatype in INT_TYPES:
+            good = isinstance(value, int) and not isinstance(value, bool)
+        else:  # FP*
+            good = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        good = ok(value)
+    if not good:
+        raise V2Error(f"input {name!r} is {datatype} but holds {json.dumps(value)[:40]}")
+
+
+@dataclass(frozen=True)
+class _Input:
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list  # flat, row-major
+
+
+def _inputs(request: dict) -> list[_Input]:
+    raw = request.get("inputs")
+    if not isinstance(raw, list) or not raw:
+        raise V2Error("'inputs' must be a non-empty list of tensors")
+    out, seen = [], set()
+    for i, tensor in enumerate(raw):
+        if not isinstance(tensor, dict):
+            raise V2Error(f"inputs[{i}] must be an object with name, shape, datatype and data")
+        name = tensor.get("name")
+        if not isinstance(name, str) or not name:
+            raise V2Error(f"inputs[{i}] has no name")
+        if name in seen:
+            raise V2Error(f"input {name!r} is given twice")
+        seen.add(name)
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise V2Error(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise V2Error(f"input {name!r}: shape {shape} holds more than {MAX_ELEMENTS:,} elements")
+        datatype = tensor.get("datatype")
+        if datatype not in DATATYPES:
+            raise V2Error(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(sorted(DATATYPES))}")
+        if "data" not in tensor:
+            raise V2Error(f"input {name!r} has no 'data' (binary tensor data is not supported: send JSON)")
+        flat = _flatten(tensor["data"])
+        if len(flat) != math.prod(shape):
+            raise V2Error(f"input {name!r}: shape {shape} needs {math.prod(shape)} values, 'data' has {len(flat)}")
+        for value in flat:
+            _check_value(name, datatype, value)
+        out.append(_Input(name, shape, datatype, flat))
+    return out
+
+
+def _expect(given: _Input, declared: TensorMeta) -> None:
+    if given.datatype != declared.datatype:
+        raise V2Error(f"input {given.name!r} is {given.datatype}; the model takes {declared.datatype}")
+    if declared.content_type == "json":
+        return
+    if len(given.shape) != len(declared.shape) and declared.shape != (-1, 1):
+        raise V2Error(f"input {given.name!r} has shape {given.shape}; the model takes {list(declared.shape)}")
+    for got, want in zip(given.shape, declared.shape, strict=False):
+        if want != -1 and got != want:
+            raise V2Error(f"input {given.name!r} has shape {given.shape}; the model takes {list(declared.shape)}")
+
+
+def _columns(inputs: list[_Input], signature: Signature) -> dict:
+    """One input per column, each of shape [N] or [N, 1]: a ``dataframe_split``."""
+    rows = None
+    for given in inputs:
+        if len(given.shape) not in (1, 2) or (len(given.shape) == 2 and given.shape[1] != 1):
+            raise V2Error(f"input {given.name!r} has shape {given.shape}: a column is [N] or [N, 1]")
+        if rows is not None and given.shape[0] != rows:
+            raise V2Error(f"inputs have different numbers of rows ({rows} and {given.shape[0]} in {given.name!r})")
+        rows = given.shape[0]
+    by_name = {i.name: i for i in inputs}
+    if signature.kind == "columns":
+        names = [t.name for t in signature.inputs]
+        unknown = [n for n in by_name if signature.input(n) is None]
+        if unknown:
+            raise V2Error(f"unknown input {unknown[0]!r}; the model takes {', '.join(repr(n) for n in names)}")
+        missing = [t.name for t in signature.inputs if t.name not in by_name and not t.optional]
+        if missing:
+            raise V2Error(f"missing input {missing[0]!r}; the model takes {', '.join(repr(n) for n in names)}")
+        for given in inputs:
+            _expect(given, signature.input(given.name))
+        columns = [n for n in names if n in by_name]
+    else:
+        columns = [i.name for i in inputs]
+    data = [list(row) for row in zip(*(by_name[c].data for c in columns), strict=True)]
+    return {"dataframe_split": {"columns": columns, "data": data}}
+
+
+def _tensors(inputs: list[_Input], signature: Signature) -> dict:
+    names = [t.name for t in signature.inputs]
+    for given in inputs:
+        declared = signature.input(given.name)
+        if declared is None:
+            raise V2Error(f"unknown input {given.name!r}; the model takes {', '.join(repr(n) for n in names)}")
+        _expect(given, declared)
+    missing = [n for n in names if n not in {i.name for i in inputs}]
+    if missing:
+        raise V2Error(f"missing input {missing[0]!r}; the model takes {', '.join(repr(n) for n in names)}")
+    if len(signature.inputs) == 1 and signature.inputs[0].name == "input-0":  # one unnamed tensor
+        return {"inputs": _nest(inputs[0].data, inputs[0].shape)}
+    return {"inputs": {i.name: _nest(i.data, i.shape) for i in inputs}}
+
+
+def infer_request(body: bytes, signature: Signature) -> InferRequest:
+    """The MLflow request for a V2 infer body; V2Error (400) when it does not fit the model."""
+    request = _load(body)
+    inputs = _inputs(request)
+    if signature.kind == "tensors":
+        mlflow_request = _tensors(inputs, signature)
+    elif signature.kind == "none" and len(inputs) == 1 and len(inputs[0].shape) >= 2 and inputs[0].shape[1] != 1:
+        mlflow_request = {"inputs": _nest(inputs[0].data, inputs[0].shape)}  # one tensor, no signature to say more
+    else:
+        mlflow_request = _columns(inputs, signature)
+    parameters = request.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise V2Error("'parameters' must be an object")
+    if parameters and signature.params:
+        mlflow_request["params"] = {k: v for k, v in parameters.items() if k in signature.params}
+    wanted = request.get("outputs") or []
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                               for o in wanted):
+        raise V2Error("'outputs' must be a list of objects with a name")
+    request_id = request.get("id")
+    return InferRequest(json.dumps(mlflow_request).encode(), None if request_id is None else str(request_id),
+                        tuple(o["name"] for o in wanted))
+
+
+# -- answers -------------------------------------------------------------------------------
+def _datatype_of(values: list) -> str:
+    if values and all(isinstance(v, bool) for v in values):
+        return "BOOL"
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "INT64"
+    if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return "FP64"
+    return "BYTES"
+
+
+def _shape_of(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
+
+
+def _output(name: str, value: Any, declared: TensorMeta | None) -> dict:
+    flat = _flatten(value) if isinstance(value, list) else [value]
+    shape = _shape_of(value) if isinstance(value, list) else [1]
+    datatype = declared.datatype if declared is not None else _datatype_of(flat)
+    if datatype == "BYTES":
+        flat = [v if isinstance(v, str) else json.dumps(v) for v in flat]
+    return {"name": name, "shape": shape, "datatype": datatype, "data": flat}
+
+
+def infer_answer(answer: bytes, model: str, version: str, request: InferRequest, signature: Signature) -> dict:
+    """The V2 answer for MLflow's 200 answer ``{"predictions": ...}``."""
+    try:
+        data = json.loads(answer)
+    except (ValueError, UnicodeDecodeError):
+        raise V2Error("the model server's answer is not JSON", 502) from None
+    predictions = data.get("predictions", data) if isinstance(data, dict) else data
+    declared = {t.name: t for t in signature.outputs}
+    if isinstance(predictions, dict):  # named tensors
+        outputs = [_output(k, v, declared.get(k)) for k, v in predictions.items()]
+    elif isinstance(predictions, list) and predictions and all(isinstance(p, dict) for p in predictions):
+        names = list(dict.fromkeys(k for p in predictions for k in p))  # a DataFrame: one output per column
+        outputs = [_output(k, [p.get(k) for p in predictions], declared.get(k)) for k in names]
+    else:
+        only = signature.outputs[0] if len(signature.outputs) == 1 else None
+        name = only.name if only is not None and not only.name.isdigit() else "predictions"
+        outputs = [_output(name, predictions, only)]
+    if request.outputs:
+        known = {o["name"]: o for o in outputs}
+        unknown = [n for n in request.outputs if n not in known]
+        if unknown:
+            raise V2Error(f"unknown output {unknown[0]!r}; the model gives {', '.join(repr(n) for n in known)}")
+        outputs = [known[n] for n in request.outputs]
+    out: dict[str, Any] = {"model_name": model, "model_version": version}
+    if request.id is not None:
+        out["id"] = request.id
+    out["outputs"] = outputs
+    return out
+
+
+def backend_error(answer: bytes) -> str:
+    """The message of an MLflow error answer (``{"error_code", "message"}``), or its first bytes."""
+    try:
+        data = json.loads(answer)
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            return data["message"][:2000]
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            return data["error"][:2000]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return answer[:300].decode("utf-8", "replace")
+
+
+def model_metadata(model: str, versions: list[str], signature: Signature) -> dict:
+    """``GET /v2/models/{model}[/versions/{alias}]``."""
+    inputs = [t.to_v2() for t in signature.inputs]
+    outputs = [t.to_v2() for t in signature.outputs] or [{"name": "predictions", "datatype": "BYTES", "shape": [-1]}]
+    return {"name": model, "versions": versions, "platform": "mlflow", "inputs": inputs, "outputs": outputs}
