@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,10 @@ class VersionMetadata:
     input_example: Any = None  # the logged serving example (an MLflow request body), or None
     requirements: tuple[str, ...] = ()
     data_contract: dict | None = None
-    parsed: Signature = field(default_factory=Signature, compare=False)
+
+    @cached_property
+    def parsed(self) -> Signature:
+        return parse_signature(self.signature)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": METADATA_FORMAT, "model": self.model, "version": self.version, "run_id": self.run_id,
@@ -134,8 +138,7 @@ class VersionMetadata:
         return cls(str(data["model"]), int(data["version"]), data.get("run_id"),
                    tuple(str(f) for f in data.get("flavors") or ()), signature, data.get("input_example"),
                    tuple(str(r) for r in data.get("requirements") or ()),
-                   data.get("data_contract") if isinstance(data.get("data_contract"), dict) else None,
-                   parse_signature(signature))
+                   data.get("data_contract") if isinstance(data.get("data_contract"), dict) else None)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

@@ -314,6 +314,9 @@ class GatewaySettings:
                                          type=click.FloatRange(min=0.1),
                                          help="Seconds a request body may take to arrive; then 408 and the "
                                               "connection is closed (a stalled upload never holds a slot).")
+    v2_default_alias: str = setting("Production", flag="--v2-default-alias", group=GATEWAY, metavar="ALIAS",
+                                    help="The alias a V2 (Open Inference Protocol) call without /versions/{v} "
+                                         "goes to: /v2/models/{model}/infer.")
     header_timeout: float = 10.0  # a request head must arrive within this many seconds
     keepalive_timeout: float = 75.0  # idle client connections are closed after this many seconds
     instances: int = setting(1, flag="--instances", group=GATEWAY, type=click.IntRange(1, 64),

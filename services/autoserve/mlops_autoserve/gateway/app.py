@@ -25,6 +25,7 @@ import random
 import re
 import time
 from dataclasses import replace
+from typing import Protocol
 
 from aiohttp import web
 
@@ -39,15 +40,18 @@ from mlops_autoserve.gateway.limits import (
     OverBudget,
 )
 from mlops_autoserve.gateway.listener import Guards, ListenLimits, guards_for
+from mlops_autoserve.gateway.modelinfo import ModelInfo
 from mlops_autoserve.gateway.payloadlog import PayloadLog
 from mlops_autoserve.gateway.pool import ReplicaPool
 from mlops_autoserve.gateway.proxy import Proxy
 from mlops_autoserve.gateway.recent import RecentAnswers
 from mlops_autoserve.gateway.responses import error
 from mlops_autoserve.gateway.shadows import ShadowCopies
+from mlops_autoserve.gateway.v2 import V2Routes
 from mlops_autoserve.metrics import GatewayMetrics
 from mlops_autoserve.routetable import RouteEntry, TableFile, table_path
 from mlops_autoserve.settings import GatewaySettings
+from mlops_autoserve.v2protocol import V2Error as TranslationError
 
 log = logging.getLogger("autoserve.gateway")
 
@@ -55,6 +59,16 @@ FORWARDED_HEADERS = ("Content-Type", "Accept")
 TABLE_POLL_S = 0.1
 # RFC 9112 3.2: a Host that is not uri-host[:port] gets 400 (aiohttp takes "a b" or "[::1").
 VALID_HOST = re.compile(r"(\[[0-9A-Za-z:.%~_-]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
+
+
+class Translation(Protocol):
+    """A caller's protocol on top of MLflow's (:mod:`gateway.v2`): one per request."""
+
+    def request(self, body: bytes | None, version: int | None) -> bytes:
+        """The backend's request body (TranslationError: the caller's own mistake)."""
+
+    def answer(self, response: web.Response) -> web.Response:
+        """The caller's answer for the backend's (or the gateway's own) answer."""
 
 
 class Gateway:
@@ -74,6 +88,7 @@ class Gateway:
                                     max_copies=s.shadow_queue, max_bytes=s.shadow_queue_bytes,
                                     workers=s.shadow_workers)
         self.payload_log = PayloadLog(s, self.metrics, self.coin)
+        self.model_info = ModelInfo(s.state_dir)
         self.admin = AdminPages(self.table, self.pool, self.recent, self.metrics, s.admin_token, instance)
         self.route_inflight: dict[tuple[str, str], int] = {}
         self.guards: Guards | None = None
@@ -87,6 +102,7 @@ class Gateway:
             web.post("/serve/{model}/{alias}/invocations", self.invocations, expect_handler=self._expect),
             web.get("/serve/{model}/{alias}/ping", self.ping),
             web.get("/health", self.admin.health),
+            *V2Routes(self).routes(),
         ])
         s = self.settings
         self.guards = guards_for(app, ListenLimits(s.max_connections, s.header_timeout, s.keepalive_timeout),
@@ -126,6 +142,7 @@ class Gateway:
         self.answers.keep_only(routes)
         self.recent.keep_only(routes)
         self.shadows.keep_only({(r.model, r.shadow.alias, str(r.shadow.version)) for r in table.routes if r.shadow})
+        self.model_info.keep_only({(r.model, int(v)) for r in table.routes for v in _versions(r)})
         self.metrics.table_serial.set(table.serial)
         log.info("route table loaded", extra={"serial": table.serial, "routes": len(table.routes)})
 
@@ -143,10 +160,15 @@ class Gateway:
     async def ping(self, request: web.Request) -> web.StreamResponse:
         return await self._proxy(request, "GET", "/ping")
 
+    def names(self, request: web.Request) -> tuple[str, str]:
+        """(model, alias) of a data route; a V2 route without /versions/{v} names the default alias."""
+        info = request.match_info
+        return info["model"], info.get("alias") or self.settings.v2_default_alias
+
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: invite the body only when the request would be taken."""
         started = time.perf_counter()
-        model, alias = request.match_info["model"], request.match_info["alias"]
+        model, alias = self.names(request)
         route = self.table.table.get(model, alias)
         problem = self._refuse(request, model, alias, route)
         if problem is not None:
@@ -161,13 +183,17 @@ class Gateway:
             return None
         return error(417, "only Expect: 100-continue is understood")
 
-    async def _proxy(self, request: web.Request, method: str, path: str) -> web.StreamResponse:
+    async def _proxy(self, request: web.Request, method: str, path: str,
+                     translation: Translation | None = None) -> web.StreamResponse:
+        """``translation``: the caller speaks another protocol (V2): its body is translated
+        for the backend, the backend's answer back; metrics, shadows and the payload log see
+        what the backend received and answered."""
         started = time.perf_counter()
-        model, alias = request.match_info["model"], request.match_info["alias"]
+        model, alias = self.names(request)
         route = self.table.table.get(model, alias)
         reader = BodyReader(self.budget, self.settings.max_body_bytes, self.settings.client_body_timeout)
         try:
-            response, body = await self._answer(request, method, path, model, alias, route, reader)
+            response, body = await self._answer(request, method, path, model, alias, route, reader, translation)
             if path == "/invocations":
                 seconds = time.perf_counter() - started
                 answered_by = self._count(model, alias, route, response, seconds)
@@ -189,7 +215,8 @@ class Gateway:
         return answered_by
 
     async def _answer(self, request: web.Request, method: str, path: str, model: str, alias: str,
-                      route: RouteEntry | None, reader: BodyReader) -> tuple[web.Response, bytes | None]:
+                      route: RouteEntry | None, reader: BodyReader,
+                      translation: Translation | None = None) -> tuple[web.Response, bytes | None]:
         """The answer, and the request body when one was read (for the payload log)."""
         problem = self._refuse(request, model, alias, route)
         if problem is not None:
@@ -218,11 +245,19 @@ class Gateway:
         try:
             headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
             target = self._canary_or(route)
+            if translation is not None:
+                try:
+                    body = translation.request(body, target.version)
+                except TranslationError as exc:
+                    return error(exc.status, str(exc), model=model, alias=alias), None
+                headers = {"Content-Type": "application/json"}
             response = await self.proxy.send(target, method, path, body, headers, self._latest)
             # Copies of what the alias's own version answered: a canary's answers are not copied
             # (during a rollout with a comparison gate the shadow is that very canary).
             if route.shadow is not None and target is route and path == "/invocations" and response.status == 200:
                 self.shadows.offer(route, body, headers, response.body)  # after the answer: never waited for
+            if translation is not None:
+                response = translation.answer(response)
             return response, body
         finally:
             self.route_inflight[key] -= 1
@@ -275,3 +310,10 @@ def _all_replicas(route: RouteEntry):  # noqa: ANN202
         yield from route.canary.replicas
     if route.shadow is not None:
         yield from route.shadow.replicas
+
+
+def _versions(route: RouteEntry):  # noqa: ANN202
+    for version in (route.version, route.canary.version if route.canary else None,
+                    route.shadow.version if route.shadow else None):
+        if version is not None:
+            yield version

@@ -41,6 +41,7 @@ from mlops_autoserve.watcher.desired import (
 )
 from mlops_autoserve.watcher.environments import Environments
 from mlops_autoserve.watcher.inputerrors import InputErrorReport
+from mlops_autoserve.watcher.metadata import MetadataPublisher
 from mlops_autoserve.watcher.observe import Controller, Observer, Snapshot, fields
 from mlops_autoserve.watcher.planner import Route
 from mlops_autoserve.watcher.rollouts import RolloutController
@@ -81,7 +82,8 @@ class Reconciler:
         self.route_controller.on_done = lambda: self.wake(read_registry=False)
         self._targets = TargetsFile(settings.targets_file) if settings.targets_file else None
         # Controllers after the routes, each on the same snapshot
-        self.followers: list[Controller] = [InputErrorReport(metrics)]
+        self.metadata = MetadataPublisher(settings)
+        self.followers: list[Controller] = [InputErrorReport(metrics), self.metadata]
         if environments is not None:
             self.followers.append(EnvironmentPruner(environments))
         if self._targets is not None:
@@ -119,6 +121,7 @@ class Reconciler:
         if self.environments is not None:
             self.environments.cancel_builds()  # a hung install never holds the shutdown
         self.queue.shutdown(wait=True, cancel=True)
+        self.metadata.stop()
         if not self.settings.leave_running:
             self.publisher.publish(())  # the gateway answers 404, not 502, from now on
             for deployment in self.runtime.list():

@@ -1,0 +1,156 @@
+"""The gateway's Open Inference Protocol (V2) routes in-process, against FAKE backends that
+answer as ``mlflow models serve`` does (the real one is in the slow V2 tests) and a metadata
+file the watcher would write, made here from a real MLflow signature."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from aiohttp import web
+from mlflow.models import infer_signature
+from mlops_autoserve.modelmeta import VersionMetadata, write_metadata
+
+from tests.mlops_autoserve.gateway.test_gateway_inprocess import backends, gateway, in_loop, route
+
+IRIS = pd.DataFrame({"sepal length (cm)": [5.1, 6.2], "sepal width (cm)": [3.5, 2.9],
+                     "petal length (cm)": [1.4, 4.3], "petal width (cm)": [0.2, 1.3]})
+SIGNATURE = infer_signature(IRIS, np.array([0, 1])).to_dict()
+
+
+def iris_inputs(frame: pd.DataFrame = IRIS) -> list[dict]:
+    return [{"name": c, "shape": [len(frame), 1], "datatype": "FP64", "data": frame[c].tolist()}
+            for c in frame.columns]
+
+
+def with_metadata(state_dir, model: str = "iris", version: int = 3) -> None:
+    write_metadata(state_dir, VersionMetadata(model, version, "run", ("python_function",), SIGNATURE))
+
+
+class Predicts:
+    """A FAKE scoring server: checks the body is a dataframe_split and answers one class per row."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.bodies.append(body)
+        if "dataframe_split" not in body:
+            return web.json_response({"error_code": "BAD_REQUEST", "message": "Invalid input. Expected a DataFrame"},
+                                     status=400)
+        return web.json_response({"predictions": [i % 3 for i in range(len(body["dataframe_split"]["data"]))]})
+
+
+async def call(gw, method: str, path: str, body: object = None, **kwargs) -> tuple[int, dict, dict]:
+    async with gw.session.request(method, gw.url + path, json=body, **kwargs) as r:
+        return r.status, dict(r.headers), json.loads(await r.read() or b"null")
+
+
+@in_loop
+async def test_infer_goes_to_the_default_alias_and_answers_v2_outputs_with_the_version(tmp_path):
+    with_metadata(tmp_path)
+    async with backends() as (b,), gateway(tmp_path, route("iris", "Production", b.url, version=3)) as gw:
+        b.answer = predicts = Predicts()
+        status, headers, out = await call(gw, "POST", "/v2/models/iris/infer", {"id": "abc", "inputs": iris_inputs()})
+        assert status == 200, out
+        assert out == {"model_name": "iris", "model_version": "3", "id": "abc",
+                       "outputs": [{"name": "output-0", "shape": [2], "datatype": "INT64", "data": [0, 1]}]}
+        assert headers["X-Model-Version"] == "3"
+        assert predicts.bodies == [{"dataframe_split": {"columns": list(IRIS.columns), "data": IRIS.values.tolist()}}]
+        # the same through /versions/{alias}, and counted as any call to the route
+        status, _, _ = await call(gw, "POST", "/v2/models/iris/versions/Production/infer", {"inputs": iris_inputs()})
+        assert status == 200
+        counted = [s for s in await gw.metrics() if s.name == "autoserve_requests_total"
+                   and s.labels.get("alias") == "Production"]
+        assert sum(s.value for s in counted) == 2
+
+
+@in_loop
+async def test_a_request_that_does_not_fit_is_400_and_never_reaches_the_backend(tmp_path):
+    with_metadata(tmp_path)
+    async with backends() as (b,), gateway(tmp_path, route("iris", "Production", b.url, version=3)) as gw:
+        b.answer = Predicts()
+        wrong_shape = [{**iris_inputs()[0], "shape": [3, 1]}, *iris_inputs()[1:]]
+        status, _, out = await call(gw, "POST", "/v2/models/iris/infer", {"inputs": wrong_shape})
+        assert status == 400 and "needs 3 values" in out["error"]
+        status, _, out = await call(gw, "POST", "/v2/models/iris/infer", {"inputs": iris_inputs()[:2]})
+        assert status == 400 and "missing input 'petal length (cm)'" in out["error"]
+        async with gw.session.post(gw.url + "/v2/models/iris/infer", data=b"{oops") as r:
+            assert r.status == 400 and "not JSON" in (await r.json())["error"]
+        assert b.calls == 0
+
+
+@in_loop
+async def test_unknown_models_and_aliases_are_404_and_binary_data_400(tmp_path):
+    async with backends() as (b,), gateway(tmp_path, route("iris", "Production", b.url)) as gw:
+        for path in ("/v2/models/nope/infer", "/v2/models/iris/versions/nope/infer"):
+            status, _, out = await call(gw, "POST", path, {"inputs": iris_inputs()})
+            assert status == 404 and "no endpoint" in out["error"]
+        status, _, out = await call(gw, "POST", "/v2/models/iris/infer", {"inputs": iris_inputs()},
+                                    headers={"Inference-Header-Content-Length": "10"})
+        assert status == 400 and "binary tensor data" in out["error"]
+        assert b.calls == 0
+
+
+@in_loop
+async def test_the_backends_own_error_keeps_its_status_and_message(tmp_path):
+    async with backends() as (b,), gateway(tmp_path, route("iris", "Production", b.url)) as gw:
+        async def refuses(request: web.Request) -> web.Response:
+            return web.json_response({"error_code": "BAD_REQUEST", "message": "Invalid input. Column 'x'"},
+                                     status=400)
+        b.answer = refuses
+        status, headers, out = await call(gw, "POST", "/v2/models/iris/infer",
+                                          {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64",
+                                                       "data": [1.0]}]})
+        assert (status, out) == (400, {"error": "Invalid input. Column 'x'"})
+        assert headers["X-Model-Version"] == "1"
+
+
+@in_loop
+async def test_health_metadata_and_readiness(tmp_path):
+    with_metadata(tmp_path)
+    routes = (route("iris", "Production", "http://127.0.0.1:9", version=3), route("iris", "challenger"))
+    async with gateway(tmp_path, *routes) as gw:
+        assert (await call(gw, "GET", "/v2/health/live"))[0] == 200
+        assert (await call(gw, "GET", "/v2/health/ready"))[:3:2] == (200, {"ready": True})
+        status, _, server = await call(gw, "GET", "/v2")
+        assert status == 200 and server["name"] == "mlops-toolkit" and server["version"]
+        status, headers, meta = await call(gw, "GET", "/v2/models/iris")
+        assert status == 200 and headers["X-Model-Version"] == "3"
+        assert meta["name"] == "iris" and meta["platform"] == "mlflow" and meta["versions"] == ["Production",
+                                                                                                 "challenger"]
+        assert [i["name"] for i in meta["inputs"]] == list(IRIS.columns)
+        assert {i["datatype"] for i in meta["inputs"]} == {"FP64"}
+        assert (await call(gw, "GET", "/v2/models/iris/ready"))[:3:2] == (200, {"name": "iris", "ready": True})
+        assert (await call(gw, "GET", "/v2/models/iris/versions/challenger/ready"))[0] == 400  # nothing ready
+        assert (await call(gw, "GET", "/v2/models/nope/ready"))[0] == 404
+        assert (await call(gw, "GET", "/v2/models/nope"))[0] == 404
+
+
+@in_loop
+async def test_v2_routes_need_the_bearer_token_but_health(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    async with backends() as (b,), gateway(tmp_path, route("iris", "Production", b.url),
+                                           auth_token="s3cret") as gw:
+        for method, path in (("GET", "/v2"), ("GET", "/v2/models/iris"), ("GET", "/v2/models/iris/ready"),
+                             ("POST", "/v2/models/iris/infer")):
+            assert (await call(gw, method, path, {"inputs": []} if method == "POST" else None))[0] == 401, path
+        assert (await call(gw, "GET", "/v2/health/live"))[0] == 200
+        assert (await call(gw, "GET", "/v2/health/ready"))[0] == 200
+        status, _, _ = await call(gw, "GET", "/v2/models/iris", headers={"Authorization": "Bearer s3cret"})
+        assert status == 200
+        assert b.calls == 0
+
+
+@in_loop
+async def test_a_version_without_metadata_takes_columns_by_name(tmp_path):
+    """A version served before its metadata file exists (or logged without a signature)."""
+    async with backends() as (b,), gateway(tmp_path, route("iris", "Production", b.url, version=7)) as gw:
+        b.answer = predicts = Predicts()
+        status, _, out = await call(gw, "POST", "/v2/models/iris/infer", {"inputs": iris_inputs(IRIS[:1])})
+        assert status == 200, out
+        assert out["outputs"] == [{"name": "predictions", "shape": [1], "datatype": "INT64", "data": [0]}]
+        assert predicts.bodies[0]["dataframe_split"]["columns"] == list(IRIS.columns)
