@@ -129,7 +129,7 @@ def test_every_declared_setting_has_one_option_and_one_env_var():
                 assert param.envvar == option.envvar and param.show_envvar
         envvars = [o.envvar for _, o in options]
         assert len(set(envvars)) == len(envvars), f"{name}: two options share an env var"
-    assert len(COMMANDS["autoserve"][1]) == 62 and len(COMMANDS["gateway"][1]) == 18
+    assert len(COMMANDS["autoserve"][1]) == 63 and len(COMMANDS["gateway"][1]) == 19
     by_flag = {o.flag: o.envvar for _, o in AUTOSERVE_OPTIONS}
     # the env vars these options honoured before they were generated keep their names
     assert (by_flag["--payload-log-db"], by_flag["--webhook-secret"], by_flag["--environment"]) == (
