@@ -76,7 +76,7 @@ def test_parameters_reach_mlflow_only_when_the_model_declares_them():
     (body(inputs=[{"name": "x", "shape": [2, -1], "datatype": "FP64", "data": [1.0]}]), "non-negative"),
     (body(inputs=[{"name": "x", "shape": [100000, 100000], "datatype": "FP64", "data": []}]), "more than"),
     (body(inputs=[{"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1.0]}]), "is not one of"),
-    (body(inputs=[{"name": "x", "shape": [1], "datatype": "FP64"}]), "binary tensor data is not supported"),
+    (body(inputs=[{"name": "x", "shape": [1], "datatype": "FP64"}]), "has no 'data'"),
     (body(inputs=[{"name": "x", "shape": [3], "datatype": "FP64", "data": [1.0, 2.0]}]), "needs 3 values"),
     (body(inputs=[{"name": "x", "shape": [1], "datatype": "FP64", "data": ["a"]}]), "is FP64 but holds"),
     (body(inputs=[{"name": "x", "shape": [1], "datatype": "INT64", "data": [1.5]}]), "is INT64 but holds"),
@@ -107,6 +107,45 @@ def test_requests_that_do_not_fit_the_signature_are_400_naming_what_the_model_ta
     with pytest.raises(V2Error, match=r"has shape \[2, 3\]; the model takes \[-1, 4\]"):
         infer_request(body(inputs=[{"name": "input-0", "shape": [2, 3], "datatype": "FP64", "data": [0.0] * 6}]),
                       TENSOR)
+
+
+def binary_body(tensors: list[tuple[dict, bytes]]) -> tuple[bytes, int]:
+    """A body as tritonclient sends it by default: JSON, then each tensor's raw bytes."""
+    header = json.dumps({"inputs": [{**t, "parameters": {"binary_data_size": len(raw)}} for t, raw in tensors]})
+    return header.encode() + b"".join(raw for _, raw in tensors), len(header)
+
+
+def test_binary_tensor_data_is_decoded_as_the_json_data_would_be():
+    frame = IRIS.astype("float64")
+    tensors = [({"name": c, "shape": [2, 1], "datatype": "FP64"}, frame[c].to_numpy().tobytes())
+               for c in frame.columns]
+    raw, length = binary_body(tensors)
+    assert infer_request(raw, COLUMNS, length).body == infer_request(body(inputs=column_inputs(IRIS)), COLUMNS).body
+    words = [({"name": "text", "shape": [2], "datatype": "BYTES"},
+              b"".join(len(w).to_bytes(4, "little") + w for w in (b"hi", "\u00e9t\u00e9".encode())))]
+    raw, length = binary_body(words)
+    sent = json.loads(infer_request(raw, Signature(), length).body)
+    assert sent["dataframe_split"]["data"] == [["hi"], ["\u00e9t\u00e9"]]
+    ints = [({"name": "n", "shape": [3], "datatype": "INT32"}, np.array([1, -2, 3], dtype="<i4").tobytes())]
+    raw, length = binary_body(ints)
+    assert json.loads(infer_request(raw, Signature(), length).body)["dataframe_split"]["data"] == [[1], [-2], [3]]
+
+
+@pytest.mark.parametrize(("tensors", "cut", "message"), [
+    ([({"name": "x", "shape": [2], "datatype": "FP64"}, b"\0" * 8)], 0, "2 FP64 values are 16 bytes, got 8"),
+    ([({"name": "x", "shape": [1], "datatype": "FP64"}, b"\0" * 8)], 4, "does not fit"),
+    ([({"name": "x", "shape": [1], "datatype": "BYTES"}, b"\x09\0\0\0abc")], 0, "cut off"),
+])
+def test_binary_data_that_does_not_add_up_is_400(tensors, cut, message):
+    raw, length = binary_body(tensors)
+    with pytest.raises(V2Error, match=message) as raised:
+        infer_request(raw[:len(raw) - cut], Signature(), length)
+    assert raised.value.status == 400
+    with pytest.raises(V2Error, match="does not fit a body"):
+        infer_request(b"{}", Signature(), 10)
+    with pytest.raises(V2Error, match="belong to no input"):
+        infer_request(b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}xyz',
+                      Signature(), len(b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}'))
 
 
 def test_answers_become_outputs_named_by_the_signature_with_the_version_and_id():

@@ -12,13 +12,17 @@ output (the output signature's name, else ``predictions``), a list of records or
 of arrays is one output per name. Datatypes come from the output signature, else from the
 values (all booleans BOOL, all integers INT64, numbers FP64, else BYTES).
 
-Binary tensor data (``Inference-Header-Content-Length``) is refused with 400: JSON only.
+Binary tensor data in requests (the spec's extension, what ``tritonclient`` sends by
+default: ``Inference-Header-Content-Length`` bytes of JSON, then the tensors) is decoded;
+answers are always JSON (``binary_data_output`` is ignored, which the spec allows: a client
+reads JSON outputs as well).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +50,63 @@ class InferRequest:
     outputs: tuple[str, ...]  # names the caller asked for ((): all)
 
 
-def _load(body: bytes) -> dict:
+# The binary tensor data extension: little-endian, row-major; BYTES elements are each a
+# 4-byte little-endian length and the bytes.
+BINARY_FORMATS = {"BOOL": "?", "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", "UINT16": "H",
+                  "UINT32": "I", "UINT64": "Q", "FP16": "e", "FP32": "f", "FP64": "d"}
+
+
+def _binary_values(name: str, datatype: str, count: int, raw: bytes) -> list:
+    if datatype == "BYTES":
+        values, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise V2Error(f"input {name!r}: binary BYTES data is cut off")
+            (size,) = struct.unpack_from("<I", raw, offset)
+            offset += 4
+            if offset + size > len(raw):
+                raise V2Error(f"input {name!r}: binary BYTES data is cut off")
+            values.append(raw[offset:offset + size].decode("utf-8", "replace"))
+            offset += size
+        return values
+    code = BINARY_FORMATS[datatype]
+    width = struct.calcsize(code)
+    if len(raw) != count * width:
+        raise V2Error(f"input {name!r}: {count} {datatype} values are {count * width} bytes, got {len(raw)}")
+    values = list(struct.unpack(f"<{count}{code}", raw))
+    return [float(v) if datatype.startswith("FP") else v for v in values]
+
+
+def _with_binary(request: dict, binary: bytes) -> dict:
+    """The inputs with ``binary_data_size`` get their ``data`` from the bytes after the JSON."""
+    offset = 0
+    for tensor in request.get("inputs") or []:
+        if not isinstance(tensor, dict):
+            continue
+        size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(
+            tensor.get("parameters"), dict) else None
+        if size is None:
+            continue
+        name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise V2Error(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary)} bytes sent")
+        if datatype not in DATATYPES or not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+            raise V2Error(f"input {name!r}: binary data needs a datatype and a shape")
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise V2Error(f"input {name!r}: shape {shape} holds more than {MAX_ELEMENTS:,} elements")
+        tensor["data"] = _binary_values(str(name), datatype, math.prod(shape), binary[offset:offset + size])
+        offset += size
+    if offset != len(binary):
+        raise V2Error(f"{len(binary) - offset} bytes of binary data belong to no input")
+    return request
+
+
+def _load(body: bytes, header_length: int | None = None) -> dict:
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise V2Error(f"{BINARY_HEADER} {header_length} does not fit a body of {len(body)} bytes")
+        request = _load(body[:header_length])
+        return _with_binary(request, body[header_length:])
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -130,7 +190,7 @@ def _inputs(request: dict) -> list[_Input]:
         if datatype not in DATATYPES:
             raise V2Error(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(sorted(DATATYPES))}")
         if "data" not in tensor:
-            raise V2Error(f"input {name!r} has no 'data' (binary tensor data is not supported: send JSON)")
+            raise V2Error(f"input {name!r} has no 'data' (and no binary_data_size)")
         flat = _flatten(tensor["data"])
         if len(flat) != math.prod(shape):
             raise V2Error(f"input {name!r}: shape {shape} needs {math.prod(shape)} values, 'data' has {len(flat)}")
@@ -194,9 +254,10 @@ def _tensors(inputs: list[_Input], signature: Signature) -> dict:
     return {"inputs": {i.name: _nest(i.data, i.shape) for i in inputs}}
 
 
-def infer_request(body: bytes, signature: Signature) -> InferRequest:
-    """The MLflow request for a V2 infer body; V2Error (400) when it does not fit the model."""
-    request = _load(body)
+def infer_request(body: bytes, signature: Signature, header_length: int | None = None) -> InferRequest:
+    """The MLflow request for a V2 infer body; V2Error (400) when it does not fit the model.
+    ``header_length``: the ``Inference-Header-Content-Length`` of a body with binary tensors."""
+    request = _load(body, header_length)
     inputs = _inputs(request)
     if signature.kind == "tensors":
         mlflow_request = _tensors(inputs, signature)

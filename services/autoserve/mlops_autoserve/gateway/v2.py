@@ -43,16 +43,16 @@ SERVER_NAME = "mlops-toolkit"
 class V2Call:
     """One infer call's translation (:class:`app.Translation`)."""
 
-    __slots__ = ("call", "info", "model", "signature")
+    __slots__ = ("call", "header_length", "info", "model", "signature")
 
-    def __init__(self, info: ModelInfo, model: str) -> None:
-        self.info, self.model = info, model
+    def __init__(self, info: ModelInfo, model: str, header_length: int | None = None) -> None:
+        self.info, self.model, self.header_length = info, model, header_length
         self.call: InferRequest | None = None
         self.signature = Signature()
 
     def request(self, body: bytes | None, version: int | None) -> bytes:
         self.signature = self.info.signature(self.model, version) if version is not None else Signature()
-        self.call = infer_request(body or b"", self.signature)
+        self.call = infer_request(body or b"", self.signature, self.header_length)
         return self.call.body
 
     def answer(self, response: web.Response) -> web.Response:
@@ -127,13 +127,14 @@ class V2Routes:
         return web.json_response({"name": model, "ready": ready}, status=200 if ready else 400)
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
-        if BINARY_HEADER in request.headers:
-            response = error(400, "binary tensor data (Inference-Header-Content-Length) is not supported: "
-                                  "send the tensors as JSON 'data'")
+        header_length = request.headers.get(BINARY_HEADER)
+        if header_length is not None and not header_length.isdigit():
+            response = error(400, f"{BINARY_HEADER} must be a number of bytes")
             response.force_close()  # the body is not read
             return response
         model, _ = self.gateway.names(request)
-        return await self.gateway._proxy(request, "POST", "/invocations", V2Call(self.gateway.model_info, model))
+        call = V2Call(self.gateway.model_info, model, int(header_length) if header_length else None)
+        return await self.gateway._proxy(request, "POST", "/invocations", call)
 
 
 def _ready(route: RouteEntry) -> bool:

@@ -1,0 +1,118 @@
+"""The Open Inference Protocol (V2) end to end, spoken by NVIDIA Triton's own HTTP client
+(``tritonclient[http]``, nobody here wrote it) to the real gateway in front of real
+``mlflow models serve`` processes: a column-signature model (the iris DataFrame) and a
+tensor-signature model (a numpy array), predictions equal to ``/invocations``, and the
+spec's errors for a wrong shape and an unknown model."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import mlops_toolkit as mt
+from tests.harness import IRIS_COLUMNS, IRIS_SPLIT, Watcher, http_json, wait_for
+
+pytestmark = pytest.mark.slow
+
+tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
+
+
+@pytest.fixture(scope="module")
+def tensor_model(tracking_uri, iris_data) -> str:
+    """An sklearn model logged with a numpy input example: a tensor signature ([-1, 4] float64)."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris_data
+    name = f"iris-tensor-{uuid.uuid4().hex[:6]}"
+    mt.configure(tracking_uri=tracking_uri, experiment="autoserve-tests")
+    with mt.start_run("tensor") as run:
+        version = run.log_model(LogisticRegression(max_iter=300).fit(X.values, y), register_as=name,
+                                input_example=X.values[:2])
+    mt.set_alias(name, "Production", version)
+    return name
+
+
+@pytest.fixture(scope="module")
+def served(tracking_uri, served_model, tensor_model, tmp_path_factory) -> Iterator[Watcher]:
+    mt.set_alias(served_model.name, "Production", served_model.good[0])
+    state = tmp_path_factory.mktemp("v2") / "state"
+    watcher = Watcher(tracking_uri, state, [served_model.name, tensor_model], "--aliases", "Production").start()
+    try:
+        wait_for(lambda: len([e for e in http_json("GET", watcher.admin_url + "/endpoints")[2]
+                              if e["state"] == "ready"]) == 2, 180, what="both models ready")
+        # the metadata the watcher publishes for each version, which the gateway reads
+        wait_for(lambda: len(list((state / "metadata").glob("*/*.json"))) == 2, 60, what="metadata published")
+        yield watcher
+    finally:
+        watcher.stop()
+
+
+@pytest.fixture
+def client(served) -> tritonclient_http.InferenceServerClient:
+    return tritonclient_http.InferenceServerClient(f"127.0.0.1:{served.port}")
+
+
+def iris_inputs(rows: list[list[float]]) -> list:
+    inputs = []
+    for i, column in enumerate(IRIS_COLUMNS):
+        tensor = tritonclient_http.InferInput(column, [len(rows), 1], "FP64")
+        tensor.set_data_from_numpy(np.array([[r[i]] for r in rows], dtype=np.float64))
+        inputs.append(tensor)
+    return inputs
+
+
+def test_server_and_model_health_and_metadata(client, served_model, tensor_model):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(served_model.name) and client.is_model_ready(tensor_model)
+    assert not client.is_model_ready("no-such-model")
+    assert client.get_server_metadata()["name"] == "mlops-toolkit"
+    meta = client.get_model_metadata(served_model.name)
+    assert [i["name"] for i in meta["inputs"]] == IRIS_COLUMNS and {i["datatype"] for i in meta["inputs"]} == {"FP64"}
+    assert meta["platform"] == "mlflow" and meta["versions"] == ["Production"]
+    tensor_meta = client.get_model_metadata(tensor_model, model_version="Production")
+    assert tensor_meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
+
+
+def test_column_model_infer_equals_invocations(client, served, served_model):
+    rows = IRIS_SPLIT["dataframe_split"]["data"]
+    result = client.infer(served_model.name, iris_inputs(rows), request_id="req-1")
+    response = result.get_response()
+    assert response["model_version"] == str(served_model.good[0]) and response["id"] == "req-1"
+    name = response["outputs"][0]["name"]
+    path = f"/serve/{served_model.name.replace(' ', '%20')}/Production/invocations"
+    status, _, direct = http_json("POST", served.url + path, IRIS_SPLIT)
+    assert status == 200
+    assert result.as_numpy(name).tolist() == direct["predictions"]
+
+
+def test_tensor_model_infer_equals_invocations(client, served, tensor_model, iris_data):
+    X, _ = iris_data
+    data = X.values[:5].astype(np.float64)
+    tensor = tritonclient_http.InferInput("input-0", list(data.shape), "FP64")
+    tensor.set_data_from_numpy(data)
+    result = client.infer(tensor_model, [tensor], model_version="Production")
+    status, _, direct = http_json("POST", f"{served.url}/serve/{tensor_model}/Production/invocations",
+                                  {"inputs": data.tolist()})
+    assert status == 200
+    name = result.get_response()["outputs"][0]["name"]
+    assert result.as_numpy(name).tolist() == direct["predictions"]
+
+
+def test_a_wrong_shape_a_wrong_datatype_and_an_unknown_model_give_the_specs_errors(client, served_model,
+                                                                                   tensor_model):
+    from tritonclient.utils import InferenceServerException
+
+    wrong = tritonclient_http.InferInput("input-0", [2, 3], "FP64")
+    wrong.set_data_from_numpy(np.zeros((2, 3)))
+    with pytest.raises(InferenceServerException, match=r"has shape \[2, 3\]; the model takes \[-1, 4\]"):
+        client.infer(tensor_model, [wrong])
+    inputs = iris_inputs([[5.1, 3.5, 1.4, 0.2]])
+    inputs[0] = tritonclient_http.InferInput(IRIS_COLUMNS[0], [1, 1], "FP32")
+    inputs[0].set_data_from_numpy(np.array([[5.1]], dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="is FP32; the model takes FP64"):
+        client.infer(served_model.name, inputs)
+    with pytest.raises(InferenceServerException, match="no endpoint for no-such-model@Production"):
+        client.infer("no-such-model", iris_inputs([[5.1, 3.5, 1.4, 0.2]]))
