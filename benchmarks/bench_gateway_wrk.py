@@ -113,20 +113,22 @@ class Gateways:
 
 
 def side_by_side(targets: dict[str, str], levels: tuple[int, ...], seconds: float, rounds: int,
-                 script: Path, meters: dict[str, Callable[[], float]] | None = None,
+                 script: Path | dict[str, Path], meters: dict[str, Callable[[], float]] | None = None,
                  ) -> dict[tuple[int, str], tuple[float, float, float | None]]:
     """(req/s, p50 ms, cores the target's processes used) by (concurrency, target): the
-    median of ``rounds``; cores only for targets with a CPU-seconds meter."""
+    median of ``rounds``; cores only for targets with a CPU-seconds meter. ``script``: one
+    wrk script for every target, or one per target."""
     meters = meters or {}
+    scripts = script if isinstance(script, dict) else {name: script for name in targets}
     cells: dict[tuple[int, str], list[tuple[float, float, float | None]]] = {}
     for c in levels:
         for name, url in targets.items():  # warm connections and caches
-            wrk(url, c, 1, script)
+            wrk(url, c, 1, scripts[name])
         for _ in range(rounds):
             for name, url in targets.items():
                 meter = meters.get(name)
                 cpu, wall = (meter() if meter else 0.0), time.monotonic()
-                rate, p50 = wrk(url, c, seconds, script)
+                rate, p50 = wrk(url, c, seconds, scripts[name])
                 cores = (meter() - cpu) / (time.monotonic() - wall) if meter else None
                 cells.setdefault((c, name), []).append((rate, p50, cores))
     return {k: (statistics.median(r for r, _, _ in v), statistics.median(p for _, p, _ in v),

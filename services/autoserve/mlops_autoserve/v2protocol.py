@@ -119,7 +119,7 @@ def _load(body: bytes, header_length: int | None = None) -> dict:
 def _flatten(data: Any) -> list:
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(d, list) for d in data):
+    if not any(type(d) is list for d in data):
         return data
     out: list = []
     stack = [iter(data)]
@@ -142,20 +142,21 @@ def _nest(flat: list, shape: list[int]) -> Any:
     return [_nest(flat[i:i + step], shape[1:]) for i in range(0, len(flat), step)]
 
 
-def _check_value(name: str, datatype: str, value: Any) -> None:
-    ok = {
-        "BOOL": lambda v: isinstance(v, bool),
-        "BYTES": lambda v: isinstance(v, str),
-    }.get(datatype)
-    if ok is None:
-        if datatype in INT_TYPES:
-            good = isinstance(value, int) and not isinstance(value, bool)
-        else:  # FP*
-            good = isinstance(value, int | float) and not isinstance(value, bool)
-    else:
-        good = ok(value)
-    if not good:
-        raise V2Error(f"input {name!r} is {datatype} but holds {json.dumps(value)[:40]}")
+def _json_types(datatype: str) -> frozenset[type]:
+    """The JSON value types a datatype's ``data`` may hold (``type(True)`` is bool, not int)."""
+    if datatype in FLOAT_TYPES:
+        return frozenset((int, float))
+    if datatype in INT_TYPES:
+        return frozenset((int,))
+    return frozenset((bool,)) if datatype == "BOOL" else frozenset((str,))
+
+
+def _check_values(name: str, datatype: str, values: list) -> None:
+    allowed = _json_types(datatype)
+    if all(type(v) in allowed for v in values):
+        return
+    wrong = next(v for v in values if type(v) not in allowed)
+    raise V2Error(f"input {name!r} is {datatype} but holds {json.dumps(wrong)[:40]}")
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,7 @@ def _inputs(request: dict) -> list[_Input]:
         flat = _flatten(tensor["data"])
         if len(flat) != math.prod(shape):
             raise V2Error(f"input {name!r}: shape {shape} needs {math.prod(shape)} values, 'data' has {len(flat)}")
-        for value in flat:
-            _check_value(name, datatype, value)
+        _check_values(name, datatype, flat)
         out.append(_Input(name, shape, datatype, flat))
     return out
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from mlflow.models import infer_signature
 from mlops_autoserve.modelmeta import VersionMetadata, write_metadata
 
-from tests.mlops_autoserve.gateway.test_gateway_inprocess import backends, gateway, in_loop, route
+from tests.mlops_autoserve.gateway.test_gateway_inprocess import backends, gateway, in_loop, route, until
 
 IRIS = pd.DataFrame({"sepal length (cm)": [5.1, 6.2], "sepal width (cm)": [3.5, 2.9],
                      "petal length (cm)": [1.4, 4.3], "petal width (cm)": [0.2, 1.3]})
@@ -154,3 +154,35 @@ async def test_a_version_without_metadata_takes_columns_by_name(tmp_path):
         assert status == 200, out
         assert out["outputs"] == [{"name": "predictions", "shape": [1], "datatype": "INT64", "data": [0]}]
         assert predicts.bodies[0]["dataframe_split"]["columns"] == list(IRIS.columns)
+
+
+@in_loop
+async def test_v2_calls_are_shadowed_split_and_logged_as_what_the_backend_received(tmp_path):
+    """A shadow gets the translated (MLflow) request; a 100 % canary answers as its version,
+    translated with that version's signature."""
+    from dataclasses import replace
+
+    from mlops_autoserve.routetable import CanaryTarget, Replica, ShadowTarget
+
+    with_metadata(tmp_path, version=3)
+    with_metadata(tmp_path, version=4)
+    async with backends(3) as (a, s, c):
+        shadow = Predicts()
+        a.answer, s.answer, c.answer = Predicts(), shadow, Predicts()
+        shadowed = replace(route("iris", "Production", a.url, version=3),
+                           shadow=ShadowTarget("challenger", 9, 100.0, "auto", (Replica(s.url, "s"),)))
+        async with gateway(tmp_path, shadowed) as gw:
+            status, _, out = await call(gw, "POST", "/v2/models/iris/infer", {"inputs": iris_inputs()})
+            assert status == 200 and out["model_version"] == "3"
+            await until(lambda: s.calls == 1, "the shadow copy")
+            assert shadow.bodies == [{"dataframe_split": {"columns": list(IRIS.columns),
+                                                          "data": IRIS.values.tolist()}}]
+            await until(lambda: any(x.name == "autoserve_shadow_requests_total" and x.labels["result"] == "ok"
+                                    for x in gw.gateway.metrics.shadow_requests.collect()[0].samples),
+                        "the copy compared")
+        canary = replace(route("iris", "Production", a.url, version=3),
+                         canary=CanaryTarget(4, 100, (Replica(c.url, "c"),)))
+        async with gateway(tmp_path, canary) as gw:
+            status, headers, out = await call(gw, "POST", "/v2/models/iris/infer", {"inputs": iris_inputs()})
+            assert status == 200 and out["model_version"] == "4" and headers["X-Model-Version"] == "4"
+            assert c.calls == 1 and a.calls == 1  # only the earlier call reached the stable version
