@@ -186,3 +186,34 @@ async def test_v2_calls_are_shadowed_split_and_logged_as_what_the_backend_receiv
             status, headers, out = await call(gw, "POST", "/v2/models/iris/infer", {"inputs": iris_inputs()})
             assert status == 200 and out["model_version"] == "4" and headers["X-Model-Version"] == "4"
             assert c.calls == 1 and a.calls == 1  # only the earlier call reached the stable version
+
+
+@in_loop
+async def test_metadata_and_openapi_pages_of_a_route(tmp_path):
+    from openapi_spec_validator import validate
+
+    example = {"dataframe_split": {"columns": list(IRIS.columns), "data": IRIS.values.tolist()[:1]}}
+    write_metadata(tmp_path, VersionMetadata("iris", 3, "run-9", ("python_function", "sklearn"), SIGNATURE, example,
+                                             ("scikit-learn==1.5.2",), {"columns": [{"name": "x"}]}))
+    routes = (route("iris", "Production", "http://127.0.0.1:9", version=3),
+              route("iris", "staging", "http://127.0.0.1:9", version=5), route("iris", "starting"))
+    async with gateway(tmp_path, *routes, auth_token="t0k") as gw:
+        auth = {"Authorization": "Bearer t0k"}
+        status, headers, meta = await call(gw, "GET", "/serve/iris/Production/metadata", headers=auth)
+        assert status == 200 and headers["X-Model-Version"] == "3"
+        assert (meta["version"], meta["run_id"], meta["flavors"]) == (3, "run-9", ["python_function", "sklearn"])
+        assert [c["name"] for c in meta["signature"]["inputs"]] == list(IRIS.columns)  # JSON, not JSON text
+        assert meta["input_example"] == example and meta["requirements"] == ["scikit-learn==1.5.2"]
+        assert meta["data_contract"] == {"columns": [{"name": "x"}]}
+        assert [i["name"] for i in meta["v2"]["inputs"]] == list(IRIS.columns)
+        status, _, doc = await call(gw, "GET", "/serve/iris/Production/openapi.json", headers=auth)
+        assert status == 200
+        validate(doc)
+        assert "/serve/iris/Production/invocations" in doc["paths"]
+        # not published yet, not ready, unknown, no token
+        status, headers, out = await call(gw, "GET", "/serve/iris/staging/metadata", headers=auth)
+        assert (status, headers["Retry-After"]) == (503, "1") and "not published yet" in out["error"]
+        assert (await call(gw, "GET", "/serve/iris/staging/openapi.json", headers=auth))[0] == 200  # generic bodies
+        assert (await call(gw, "GET", "/serve/iris/starting/metadata", headers=auth))[0] == 503
+        assert (await call(gw, "GET", "/serve/nope/x/openapi.json", headers=auth))[0] == 404
+        assert (await call(gw, "GET", "/serve/iris/Production/metadata"))[0] == 401

@@ -41,6 +41,7 @@ from mlops_autoserve.gateway.limits import (
 )
 from mlops_autoserve.gateway.listener import Guards, ListenLimits, guards_for
 from mlops_autoserve.gateway.modelinfo import ModelInfo
+from mlops_autoserve.gateway.modelpages import ModelPages
 from mlops_autoserve.gateway.payloadlog import PayloadLog
 from mlops_autoserve.gateway.pool import ReplicaPool
 from mlops_autoserve.gateway.proxy import Proxy
@@ -102,6 +103,7 @@ class Gateway:
             web.post("/serve/{model}/{alias}/invocations", self.invocations, expect_handler=self._expect),
             web.get("/serve/{model}/{alias}/ping", self.ping),
             web.get("/health", self.admin.health),
+            *ModelPages(self).routes(),
             *V2Routes(self).routes(),
         ])
         s = self.settings
