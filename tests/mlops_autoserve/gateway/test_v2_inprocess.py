@@ -217,3 +217,28 @@ async def test_metadata_and_openapi_pages_of_a_route(tmp_path):
         assert (await call(gw, "GET", "/serve/iris/starting/metadata", headers=auth))[0] == 503
         assert (await call(gw, "GET", "/serve/nope/x/openapi.json", headers=auth))[0] == 404
         assert (await call(gw, "GET", "/serve/iris/Production/metadata"))[0] == 401
+
+
+@in_loop
+async def test_docs_pages_list_every_route_and_load_swagger_ui_from_the_gateway_itself(tmp_path):
+    hostile = "</script><script>alert(1)</script>"
+    routes = (route("iris", "Production", "http://127.0.0.1:9", version=3), route(hostile, "a", "http://127.0.0.1:9"),
+              route("iris", "starting"))
+    async with gateway(tmp_path, *routes) as gw:
+        async with gw.session.get(gw.url + "/docs") as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            page = await r.text()
+        assert "/serve/iris/Production/openapi.json" in page and "iris@Production (v3)" in page
+        assert "starting" not in page  # nothing served there yet
+        assert "<script>alert(1)</script>" not in page and "<\\/script>" in page  # stays inside its JSON
+        assert "http://" not in page and "https://" not in page  # no CDN: every file from this gateway
+        for name, kind in (("swagger-ui-bundle.js", "application/javascript"), ("swagger-ui.css", "text/css")):
+            async with gw.session.get(f"{gw.url}/docs/static/{name}") as r:
+                assert r.status == 200 and r.content_type == kind and len(await r.read()) > 100_000
+        for name in ("LICENSE", "..%2F..%2Fapp.py", "index.html"):
+            async with gw.session.get(f"{gw.url}/docs/static/{name}") as r:
+                assert r.status == 404
+        async with gw.session.get(gw.url + "/serve/iris/Production/docs") as r:
+            assert r.status == 200 and '"url": "/serve/iris/Production/openapi.json"' in await r.text()
+        async with gw.session.get(gw.url + "/serve/nope/x/docs") as r:
+            assert r.status == 404
