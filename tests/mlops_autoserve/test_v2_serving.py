@@ -116,3 +116,56 @@ def test_a_wrong_shape_a_wrong_datatype_and_an_unknown_model_give_the_specs_erro
         client.infer(served_model.name, inputs)
     with pytest.raises(InferenceServerException, match="no endpoint for no-such-model@Production"):
         client.infer("no-such-model", iris_inputs([[5.1, 3.5, 1.4, 0.2]]))
+
+
+# -- the docs page in a real browser ---------------------------------------------------------
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium, driven by Selenium through Debian's chromedriver."""
+    import os
+
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium and chromium-driver (Debian packages) are not installed")
+        pytest.skip("chromium and chromium-driver (Debian packages) are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_docs_page_shows_the_models_columns_and_its_example_answers_with_the_version(browser, served,
+                                                                                          served_model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(f"{served.url}/serve/{served_model.name.replace(' ', '%20')}/Production/docs")
+    operation = wait.until(seen.element_to_be_clickable((By.CSS_SELECTOR, "#operations-default-invocations")))
+    operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait.until(seen.element_to_be_clickable((By.CSS_SELECTOR, "#operations-default-invocations .try-out__btn"))).click()
+    body = wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, "#operations-default-invocations textarea")))
+    assert "sepal length (cm)" in body.get_attribute("value")  # the logged example, real column names
+    browser.find_element(By.CSS_SELECTOR, "#operations-default-invocations .execute").click()
+    status = wait.until(seen.presence_of_element_located(
+        (By.CSS_SELECTOR, "#operations-default-invocations .live-responses-table tr.response .response-col_status")))
+    assert status.text.strip() == "200"
+    headers = browser.find_element(By.CSS_SELECTOR, "#operations-default-invocations .live-responses-table").text
+    assert f"x-model-version: {served_model.good[0]}" in headers.lower()
+    assert "predictions" in headers
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors

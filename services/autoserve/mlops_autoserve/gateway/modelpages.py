@@ -30,6 +30,7 @@ PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>{title}</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/docs/static/swagger-ui.css">
 </head>
 <body>
