@@ -40,6 +40,7 @@ from mlops_autoserve.gateway.limits import (
     OverBudget,
 )
 from mlops_autoserve.gateway.listener import Guards, ListenLimits, guards_for
+from mlops_autoserve.gateway.memory import Trimmer
 from mlops_autoserve.gateway.modelinfo import ModelInfo
 from mlops_autoserve.gateway.modelpages import ModelPages
 from mlops_autoserve.gateway.payloadlog import PayloadLog
@@ -81,7 +82,8 @@ class Gateway:
         self.coin = random.Random()  # shadow copies, a rollout's share and the payload log's sample
         self.limits = LimitCounter(self.metrics)
         self.pool = ReplicaPool(self.metrics, s.eject_after)
-        self.proxy = Proxy(self.pool, s.request_timeout, s.max_response_bytes, self.limits)
+        self.trimmer = Trimmer()
+        self.proxy = Proxy(self.pool, s.request_timeout, s.max_response_bytes, self.limits, self.trimmer.after)
         self.recent = RecentAnswers()
         self.answers = AnswerCounters(self.metrics)
         self.budget = BodyBudget(s.max_inflight_bytes)
@@ -194,6 +196,7 @@ class Gateway:
         model, alias = self.names(request)
         route = self.table.table.get(model, alias)
         reader = BodyReader(self.budget, self.settings.max_body_bytes, self.settings.client_body_timeout)
+        response = None
         try:
             response, body = await self._answer(request, method, path, model, alias, route, reader, translation)
             if path == "/invocations":
@@ -203,6 +206,7 @@ class Gateway:
                     self.payload_log.offer(model, alias, answered_by, body, response.body, response.status, seconds)
             return response
         finally:
+            self.trimmer.after(max(reader.seen, len(response.body or b"") if response is not None else 0))
             reader.release()
 
     def _count(self, model: str, alias: str, route: RouteEntry | None, response: web.Response,

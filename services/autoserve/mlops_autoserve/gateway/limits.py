@@ -64,11 +64,12 @@ class BodyReader:
     (:meth:`release`) once the request is answered.
     """
 
-    __slots__ = ("budget", "max_bytes", "timeout", "reserved")
+    __slots__ = ("budget", "max_bytes", "timeout", "reserved", "seen")
 
     def __init__(self, budget: BodyBudget, max_bytes: int, timeout: float) -> None:
         self.budget, self.max_bytes, self.timeout = budget, max_bytes, timeout
         self.reserved = 0
+        self.seen = 0  # bytes of body read, kept or not
 
     async def read(self, request: web.Request) -> bytes:
         length = request.content_length
@@ -86,6 +87,7 @@ class BodyReader:
         chunks, size = [], 0
         while chunk := await request.content.readany():
             size += len(chunk)
+            self.seen = size
             if size > self.max_bytes:
                 raise BodyTooLarge
             if chunked:

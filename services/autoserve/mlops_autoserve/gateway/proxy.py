@@ -34,7 +34,9 @@ log = logging.getLogger("autoserve.gateway")
 
 class Proxy:
     def __init__(self, pool: ReplicaPool, request_timeout: float, max_response_bytes: int,
-                 limits: LimitCounter) -> None:
+                 limits: LimitCounter, discarded: Callable[[int], None] = lambda size: None) -> None:
+        """``discarded(size)``: an answer of at least ``size`` bytes was read and dropped."""
+        self.discarded = discarded
         self.pool = pool
         self.request_timeout = request_timeout
         self.max_response_bytes = max_response_bytes
@@ -73,6 +75,7 @@ class Proxy:
                              version=version)
             except ResponseTooLarge:
                 self.limits.hit("response_size")
+                self.discarded(self.max_response_bytes)
                 return bad_gateway(route, version, f"answer over {self.max_response_bytes // 2**20} MB")
             except Unreachable as exc:  # nothing reached the caller: safe to try again
                 self.pool.failed(replica, exc)
