@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,55 @@ def test_the_docs_page_shows_the_models_columns_and_its_example_answers_with_the
     assert "predictions" in headers
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+# -- KServe's client, in a venv of its own ---------------------------------------------------
+KSERVE = "kserve==0.21.0"
+
+
+@pytest.fixture(scope="session")
+def kserve_python() -> Path:
+    """A venv with kserve (its dependencies would downgrade pandas and bring the Kubernetes
+    client into the project's own), made once per machine under ~/.cache and reused."""
+    import subprocess
+    import sys
+
+    root = Path.home() / ".cache" / "mlops-toolkit-tests" / KSERVE.replace("==", "-")
+    python = root / "bin" / "python"
+    marker = root / ".installed"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True, timeout=120)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", KSERVE], capture_output=True, text=True,
+                              timeout=900)
+        if done.returncode != 0:
+            message = f"pip install {KSERVE} failed: {done.stderr[-500:]}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        marker.write_text(KSERVE)
+    return python
+
+
+def test_kserves_client_sees_health_the_same_predictions_and_the_specs_errors(kserve_python, served, served_model,
+                                                                            tensor_model):
+    import json
+    import subprocess
+
+    rows = IRIS_SPLIT["dataframe_split"]["data"]
+    script = Path(__file__).with_name("kserve_client.py")
+    done = subprocess.run([str(kserve_python), str(script), served.url, served_model.name, json.dumps(IRIS_COLUMNS),
+                           json.dumps(rows), tensor_model], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (seen["live"], seen["ready"], seen["model_ready"]) == (True, True, True)
+    assert seen["version_header"] == str(served_model.good[0]) and seen["id"] == "k-1"
+    path = f"/serve/{served_model.name.replace(' ', '%20')}/Production/invocations"
+    assert seen["predictions"] == http_json("POST", served.url + path, IRIS_SPLIT)[2]["predictions"]
+    assert seen["tensor_ready"] is True
+    tensor_path = f"/serve/{tensor_model}/Production/invocations"
+    assert seen["tensor_predictions"] == http_json("POST", served.url + tensor_path, {"inputs": rows})[2]["predictions"]
+    assert seen["wrong_datatype"]["status"] == 400
+    assert "is FP32; the model takes FP64" in seen["wrong_datatype"]["body"]["error"]
+    assert seen["unknown_model"]["status"] == 404
+    assert seen["unknown_model"]["body"] == {"error": "no endpoint for no-such-model@Production",
+                                             "model": "no-such-model", "alias": "Production"}
