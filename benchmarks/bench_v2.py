@@ -6,9 +6,11 @@ The backend is haproxy answering a fixed MLflow answer with as many predictions 
 (Debian package ``haproxy``): no model time, so the difference is the gateway's
 translation (request: V2 inputs to ``dataframe_split``; answer: ``predictions`` to V2
 outputs), not a model server's noise. The metadata file is the one the watcher writes for
-a real iris model's signature. Targets take turns; each figure is the median of ``--rounds``.
+a real iris model's signature. A second table puts a real replica behind the watcher's
+gateway (``mlflow models serve`` of the iris model; the metadata as the watcher publishes
+it). Targets take turns; each figure is the median of ``--rounds``.
 
-    python -m benchmarks.bench_v2 [--seconds 5] [--rounds 3]
+    python -m benchmarks.bench_v2 [--seconds 5] [--rounds 3] [--no-replica]
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="Per wrk run.")
     parser.add_argument("--rounds", type=int, default=3, help="Runs per cell (the median is shown).")
+    parser.add_argument("--no-replica", action="store_true", help="Only the fixed-answer backend.")
     args = parser.parse_args()
     for tool in ("wrk", "haproxy"):
         if shutil.which(tool) is None:
@@ -102,10 +105,48 @@ def main() -> None:
             gateway.stop()
             for process in backends:
                 process.terminate()
+    headers = ["rows", "concurrency", "/invocations req/s", "p50 ms", "V2 req/s", "p50 ms", "added p50 ms"]
     print(f"\nV2 infer against /invocations through one gateway instance (wrk, median of {args.rounds} x "
           f"{args.seconds:g} s; backend: haproxy with a fixed answer)")
-    print_table(["rows", "concurrency", "/invocations req/s", "p50 ms", "V2 req/s", "p50 ms", "added p50 ms"], rows)
-    print(f"\nfigures: {write_json('bench_v2', results)}")
+    print_table(headers, rows)
+    replica_rows, replica_results = ([], {}) if args.no_replica else in_front_of_a_replica(args)
+    if replica_rows:
+        print("\nThe same in front of a real replica (mlflow models serve of the iris model)")
+        print_table(headers, replica_rows)
+    print(f"\nfigures: {write_json('bench_v2', {'fixed': results, 'replica': replica_results})}")
+
+
+def in_front_of_a_replica(args: argparse.Namespace) -> tuple[list, dict]:
+    """A real model server behind the watcher's gateway; the watcher publishes the metadata."""
+    import mlops_toolkit as mt
+    from benchmarks.support import ServingStack
+    from tests.harness import Watcher, wait_for
+
+    results, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=1) as stack:
+        root = Path(tmp)
+        mt.set_alias(stack.model, "Production", stack.versions[0])
+        watcher = Watcher(stack.server.uri, root / "autoserve", [stack.model]).start()
+        try:
+            wait_for(lambda: (e := watcher.endpoints().get("Production")) and e["state"] == "ready", 180,
+                     what="Production ready")
+            wait_for(lambda: list((root / "autoserve" / "metadata").glob("*/*.json")), 60, what="metadata")
+            for n in ROWS:
+                split, v2 = bodies(n)
+                scripts = {"/invocations": script(root, f"split{n}", split), "V2 infer": script(root, f"v2{n}", v2)}
+                targets = {"/invocations": f"{watcher.url}/serve/{stack.model}/Production/invocations",
+                           "V2 infer": f"{watcher.url}/v2/models/{stack.model}/infer"}
+                cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, scripts)
+                results.update({f"{n}/{c}/{name}": {"rps": r, "p50_ms": p} for (c, name), (r, p, _) in
+                                cells.items()})
+        finally:
+            watcher.stop()
+    for n in ROWS:
+        for c in LEVELS:
+            plain, v2 = results[f"{n}/{c}//invocations"], results[f"{n}/{c}/V2 infer"]
+            rows.append([n, c, f"{plain['rps']:,.0f}", f"{plain['p50_ms']:.2f}", f"{v2['rps']:,.0f}",
+                         f"{v2['p50_ms']:.2f}", f"{v2['p50_ms'] - plain['p50_ms']:+.2f}"])
+    return rows, results
 
 
 if __name__ == "__main__":
