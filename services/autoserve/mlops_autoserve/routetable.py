@@ -70,6 +70,15 @@ class CanaryTarget:
 
 
 @dataclass(frozen=True)
+class BatchSpec:
+    """Adaptive batching of a route: concurrent requests wait at most ``max_wait_ms`` (or
+    until ``max_rows`` rows wait) and go to one replica as one request."""
+
+    max_rows: int
+    max_wait_ms: float
+
+
+@dataclass(frozen=True)
 class EnvBuild:
     """The wanted version's environment being built (shown by ``mlops serve status``)."""
 
@@ -107,6 +116,7 @@ class RouteEntry:
     building: EnvBuild | None = None
     scale: ScaleView | None = None
     problems: tuple[str, ...] = ()  # the model's inputs the watcher ignores (a bad tag), and why
+    batching: BatchSpec | None = None  # None: every request goes alone
 
 
 @dataclass(frozen=True)

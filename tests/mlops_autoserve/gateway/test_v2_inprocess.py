@@ -12,7 +12,13 @@ from aiohttp import web
 from mlflow.models import infer_signature
 from mlops_autoserve.modelmeta import VersionMetadata, write_metadata
 
-from tests.mlops_autoserve.gateway.test_gateway_inprocess import backends, gateway, in_loop, route, until
+from tests.mlops_autoserve.gateway.test_gateway_inprocess import (
+    backends,
+    gateway,
+    in_loop,
+    route,
+    until,
+)
 
 IRIS = pd.DataFrame({"sepal length (cm)": [5.1, 6.2], "sepal width (cm)": [3.5, 2.9],
                      "petal length (cm)": [1.4, 4.3], "petal width (cm)": [0.2, 1.3]})

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from mlops_autoserve.gateway.accounting import AnswerCounters
 from mlops_autoserve.gateway.admin import AdminPages, bearer_ok
+from mlops_autoserve.gateway.batcher import Batcher
 from mlops_autoserve.gateway.limits import (
     BodyBudget,
     BodyReader,
@@ -92,6 +93,8 @@ class Gateway:
                                     workers=s.shadow_workers)
         self.payload_log = PayloadLog(s, self.metrics, self.coin)
         self.model_info = ModelInfo(s.state_dir)
+        self.batcher = Batcher(lambda route, body, headers: self.proxy.send(route, "POST", "/invocations", body,
+                                                                            headers, self._latest))
         self.admin = AdminPages(self.table, self.pool, self.recent, self.metrics, s.admin_token, instance)
         self.route_inflight: dict[tuple[str, str], int] = {}
         self.guards: Guards | None = None
@@ -147,6 +150,7 @@ class Gateway:
         self.recent.keep_only(routes)
         self.shadows.keep_only({(r.model, r.shadow.alias, str(r.shadow.version)) for r in table.routes if r.shadow})
         self.model_info.keep_only({(r.model, int(v)) for r in table.routes for v in _versions(r)})
+        self.batcher.forget_all_but({(r.model, r.alias, int(v)) for r in table.routes for v in _versions(r)})
         self.metrics.table_serial.set(table.serial)
         log.info("route table loaded", extra={"serial": table.serial, "routes": len(table.routes)})
 
@@ -257,7 +261,10 @@ class Gateway:
                 except TranslationError as exc:
                     return error(exc.status, str(exc), model=model, alias=alias), None
                 headers = {"Content-Type": "application/json"}
-            response = await self.proxy.send(target, method, path, body, headers, self._latest)
+            if route.batching is not None and path == "/invocations" and body:
+                response = await self.batcher.send(target, route.batching, body, headers)
+            else:
+                response = await self.proxy.send(target, method, path, body, headers, self._latest)
             # Copies of what the alias's own version answered: a canary's answers are not copied
             # (during a rollout with a comparison gate the shadow is that very canary).
             if route.shadow is not None and target is route and path == "/invocations" and response.status == 200:
