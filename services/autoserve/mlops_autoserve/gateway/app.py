@@ -48,7 +48,7 @@ from mlops_autoserve.gateway.payloadlog import PayloadLog
 from mlops_autoserve.gateway.pool import ReplicaPool
 from mlops_autoserve.gateway.proxy import Proxy
 from mlops_autoserve.gateway.recent import RecentAnswers
-from mlops_autoserve.gateway.responses import error
+from mlops_autoserve.gateway.responses import error, unauthorized
 from mlops_autoserve.gateway.shadows import ShadowCopies
 from mlops_autoserve.gateway.v2 import V2Routes
 from mlops_autoserve.metrics import GatewayMetrics
@@ -302,7 +302,7 @@ class Gateway:
         if not VALID_HOST.fullmatch(request.headers.get("Host", "")):
             return error(400, "invalid Host header")
         if not bearer_ok(request, self.settings.auth_token):
-            return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            return unauthorized()
         length = request.content_length
         if length is not None and length > self.settings.max_body_bytes:
             self.limits.hit("body_size")

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from mlops_autoserve.gateway.admin import bearer_ok
-from mlops_autoserve.gateway.responses import error
+from mlops_autoserve.gateway.responses import error, unauthorized
 from mlops_autoserve.openapi import document_json
 from mlops_autoserve.v2protocol import model_metadata
 
@@ -67,7 +67,7 @@ class ModelPages:
 
     def _route(self, request: web.Request):  # noqa: ANN202
         if not bearer_ok(request, self.gateway.settings.auth_token):
-            return None, error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            return None, unauthorized()
         model, alias = self.gateway.names(request)
         route = self.gateway.table.table.get(model, alias)
         if route is None:
@@ -105,7 +105,7 @@ class ModelPages:
     # -- Swagger UI ------------------------------------------------------------------------
     async def all_docs(self, request: web.Request) -> web.Response:
         if not bearer_ok(request, self.gateway.settings.auth_token):
-            return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            return unauthorized()
         routes = [r for r in self.gateway.table.table.routes if r.version is not None]
         urls = [{"url": _openapi_url(r.model, r.alias), "name": f"{r.model}@{r.alias} (v{r.version})"}
                 for r in sorted(routes, key=lambda r: (r.model, r.alias))]

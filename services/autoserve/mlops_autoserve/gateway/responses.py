@@ -14,3 +14,8 @@ def error(status: int, message: str, headers: dict | None = None, **fields: obje
 def bad_gateway(route: RouteEntry, version: str, reason: str) -> web.Response:
     return error(502, f"deployment of {route.model}@{route.alias} is unreachable", headers={"X-Model-Version": version},
                  model=route.model, alias=route.alias, version=version, reason=reason)
+
+
+def unauthorized() -> web.Response:
+    """401 for a data-port request without the bearer token of ``--auth-token-file``."""
+    return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})

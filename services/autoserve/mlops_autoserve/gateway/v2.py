@@ -20,7 +20,7 @@ from aiohttp import web
 
 from mlops_autoserve.gateway.admin import bearer_ok
 from mlops_autoserve.gateway.modelinfo import ModelInfo
-from mlops_autoserve.gateway.responses import error
+from mlops_autoserve.gateway.responses import error, unauthorized
 from mlops_autoserve.modelmeta import Signature
 from mlops_autoserve.routetable import RouteEntry
 from mlops_autoserve.v2protocol import (
@@ -85,7 +85,7 @@ class V2Routes:
 
     def _refused(self, request: web.Request) -> web.Response | None:
         if not bearer_ok(request, self.gateway.settings.auth_token):
-            return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            return unauthorized()
         return None
 
     async def server_metadata(self, request: web.Request) -> web.Response:
