@@ -267,6 +267,7 @@ class Demo:
             "Try it:",
             f"  curl -s -X POST {result.gateway}/serve/{urllib.parse.quote(model)}/Production/invocations \\",
             f"       -H 'Content-Type: application/json' -d '{sample}'",
+            f"  {result.gateway}/docs   # in a browser: each served model's API, with its example to try",
             *self._next_step(result),
         ]
         self.echo("\n".join(lines))
