@@ -169,6 +169,19 @@ class GatewayMetrics:
         self.connections = Gauge(
             "autoserve_gateway_connections", "Client connections open on the gateway port", registry=r
         )
+        # Adaptive batching (routes with batching on); no labels: bounded whatever is served.
+        self.batch_rows = Histogram("autoserve_batch_rows", "Rows per batch sent to a replica", registry=r,
+                                    buckets=(2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.batch_requests = Histogram("autoserve_batch_requests", "Callers' requests per batch sent", registry=r,
+                                        buckets=(2, 4, 8, 16, 32, 64, 128, 256))
+        self.batch_held = Histogram("autoserve_batch_held_seconds", "Longest time a request of a batch waited for it",
+                                    registry=r, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1))
+        self.batches_resent = Counter(
+            "autoserve_batches_resent", "Batches sent again request by request, by reason: error (the batch was "
+            "refused), not_row_aligned (its answer was not one prediction per row: the version is not batched "
+            "again)", ["reason"], registry=r)
+        for reason in ("error", "not_row_aligned"):
+            self.batches_resent.labels(reason)
         self.body_bytes_inflight = Gauge(
             "autoserve_gateway_body_bytes_inflight", "Bytes of request bodies held in memory now (all routes)",
             registry=r,

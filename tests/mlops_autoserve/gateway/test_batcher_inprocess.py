@@ -64,6 +64,10 @@ async def test_concurrent_requests_are_scored_together_and_each_caller_gets_exac
         assert sum(scorer.requests) == sum(len(r) for r in sent)
         assert len(scorer.requests) < len(sent) / 4  # scored together
         assert max(scorer.requests) <= 64 + 4  # a batch closes once max_rows wait (plus the last request's)
+        samples = {(x.name, tuple(x.labels.items())): x.value for x in await gw.metrics()}
+        batches = samples[("autoserve_batch_rows_count", ())]
+        assert batches >= 1 and samples[("autoserve_batch_rows_sum", ())] <= sum(len(r) for r in sent)
+        assert samples[("autoserve_batch_requests_count", ())] == batches
 
 
 @in_loop
@@ -84,6 +88,8 @@ async def test_an_answer_not_one_per_row_is_sent_again_one_by_one_and_the_versio
         answers = await asyncio.gather(*(post(gw, request([[i, 1]])) for i in range(20)))
         assert [(a[0], a[2]) for a in answers] == [(200, {"predictions": 7})] * 20  # what each gets alone
         assert ("m", "prod", 2) in gw.gateway.batcher.not_batchable
+        resent = {x.labels["reason"]: x.value for x in await gw.metrics() if x.name == "autoserve_batches_resent_total"}
+        assert resent == {"error": 0, "not_row_aligned": 1}
         before = len(scorer.requests)
         await asyncio.gather(*(post(gw, request([[i, 1]])) for i in range(10)))
         assert scorer.requests[before:] == [1] * 10  # every request alone now

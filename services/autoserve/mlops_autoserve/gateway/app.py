@@ -93,8 +93,12 @@ class Gateway:
                                     workers=s.shadow_workers)
         self.payload_log = PayloadLog(s, self.metrics, self.coin)
         self.model_info = ModelInfo(s.state_dir)
-        self.batcher = Batcher(lambda route, body, headers: self.proxy.send(route, "POST", "/invocations", body,
-                                                                            headers, self._latest))
+        m = self.metrics
+        self.batcher = Batcher(
+            lambda route, body, headers: self.proxy.send(route, "POST", "/invocations", body, headers, self._latest),
+            on_batch=lambda rows, n, held: (m.batch_rows.observe(rows), m.batch_requests.observe(n),
+                                            m.batch_held.observe(held)),
+            on_resent=lambda reason: m.batches_resent.labels(reason).inc())
         self.admin = AdminPages(self.table, self.pool, self.recent, self.metrics, s.admin_token, instance)
         self.route_inflight: dict[tuple[str, str], int] = {}
         self.guards: Guards | None = None
