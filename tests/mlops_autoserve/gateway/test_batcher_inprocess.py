@@ -90,6 +90,8 @@ async def test_an_answer_not_one_per_row_is_sent_again_one_by_one_and_the_versio
         assert ("m", "prod", 2) in gw.gateway.batcher.not_batchable
         resent = {x.labels["reason"]: x.value for x in await gw.metrics() if x.name == "autoserve_batches_resent_total"}
         assert resent == {"error": 0, "not_row_aligned": 1}
+        _, page = await gw.get_admin("/endpoints")
+        assert json.loads(page)[0]["batching"] == {"max_rows": 64, "max_wait_ms": 5.0, "batchable": False}
         before = len(scorer.requests)
         await asyncio.gather(*(post(gw, request([[i, 1]])) for i in range(10)))
         assert scorer.requests[before:] == [1] * 10  # every request alone now

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -34,9 +35,11 @@ def bearer_ok(request: web.BaseRequest, token: str | None) -> bool:
 
 class AdminPages:
     def __init__(self, table: TableFile, pool: ReplicaPool, recent: RecentAnswers, metrics: GatewayMetrics,
-                 token: str | None, instance: dict | None = None) -> None:
+                 token: str | None, instance: dict | None = None,
+                 not_batchable: Callable[[], set[tuple[str, str, int]]] = set) -> None:
         self.table, self.pool, self.recent, self.metrics, self.token = table, pool, recent, metrics, token
         self.instance = instance or {}
+        self.not_batchable = not_batchable  # (model, alias, version) whose answers could not be split by row
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024, middlewares=[self._auth])
@@ -84,6 +87,9 @@ class AdminPages:
             "building": None if route.building is None else {
                 "version": route.building.version, "env": route.building.env, "progress": route.building.progress,
                 "seconds": round(max(0.0, time.time() - route.building.since), 1)},
+            "batching": None if route.batching is None else {
+                "max_rows": route.batching.max_rows, "max_wait_ms": route.batching.max_wait_ms,
+                "batchable": (route.model, route.alias, int(route.version or 0)) not in self.not_batchable()},
             "shadow": None if route.shadow is None else {
                 "alias": route.shadow.alias, "version": route.shadow.version, "percent": route.shadow.percent,
                 "compare": route.shadow.compare, "replicas": len(route.shadow.replicas)},

@@ -99,7 +99,8 @@ class Gateway:
             on_batch=lambda rows, n, held: (m.batch_rows.observe(rows), m.batch_requests.observe(n),
                                             m.batch_held.observe(held)),
             on_resent=lambda reason: m.batches_resent.labels(reason).inc())
-        self.admin = AdminPages(self.table, self.pool, self.recent, self.metrics, s.admin_token, instance)
+        self.admin = AdminPages(self.table, self.pool, self.recent, self.metrics, s.admin_token, instance,
+                                lambda: self.batcher.not_batchable)
         self.route_inflight: dict[tuple[str, str], int] = {}
         self.guards: Guards | None = None
         self._tasks: list[asyncio.Task] = []
