@@ -61,11 +61,19 @@ def wrk(url: str, concurrency: int, seconds: float, script: Path) -> tuple[float
     return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def post_script(root: Path, body: dict) -> Path:
-    script = root / "post.lua"
+def post_script(root: Path, body: dict, name: str = "post") -> Path:
+    """A wrk script POSTing ``body`` as JSON, written to ``root/<name>.lua``."""
+    script = root / f"{name}.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = {json.dumps(json.dumps(body))}\n")
     return script
+
+
+def require_tools(*tools: str) -> None:
+    """Exit with one line when a Debian tool the benchmark runs is missing."""
+    for tool in tools or ("wrk", "haproxy"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (Debian: apt-get install {tool})")
 
 
 def free_ports_in_a_row(count: int) -> int:
@@ -236,9 +244,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Runs per cell (the median is shown).")
     parser.add_argument("--capacity-only", action="store_true", help="Only the second table (haproxy backend).")
     args = parser.parse_args()
-    for tool in ("wrk", "haproxy"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed (Debian: apt-get install {tool})")
+    require_tools()
     results: dict = {}
     if args.capacity_only:
         with tempfile.TemporaryDirectory() as tmp:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +25,21 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from mlops_autoserve.modelmeta import VersionMetadata, write_metadata
-from mlops_autoserve.routetable import Replica, RouteEntry, RouteTable, table_path, write
+from mlops_autoserve.routetable import (
+    Replica,
+    RouteEntry,
+    RouteTable,
+    table_path,
+    write,
+)
 
-from benchmarks.bench_gateway_wrk import Gateways, haproxy_backend, side_by_side
+from benchmarks.bench_gateway_wrk import (
+    Gateways,
+    haproxy_backend,
+    post_script,
+    require_tools,
+    side_by_side,
+)
 from benchmarks.support import print_table, write_json
 from tests.harness import IRIS_COLUMNS
 
@@ -51,11 +61,27 @@ def bodies(n: int) -> tuple[dict, dict]:
     return split, v2
 
 
-def script(root: Path, name: str, body: dict) -> Path:
-    path = root / f"{name}.lua"
-    path.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                    f"wrk.body = {json.dumps(json.dumps(body))}\n")
-    return path
+def measure(root: Path, base: str, model_for: dict[int, str], args: argparse.Namespace) -> dict:
+    """Both targets side by side for every row count: {"rows/concurrency/target": figures}."""
+    results = {}
+    for n in ROWS:
+        split, v2 = bodies(n)
+        scripts = {"/invocations": post_script(root, split, f"split{n}"), "V2 infer": post_script(root, v2, f"v2{n}")}
+        targets = {"/invocations": f"{base}/serve/{model_for[n]}/Production/invocations",
+                   "V2 infer": f"{base}/v2/models/{model_for[n]}/infer"}
+        cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, scripts)  # taking turns
+        results.update({f"{n}/{c}/{name}": {"rps": r, "p50_ms": p} for (c, name), (r, p, _) in cells.items()})
+    return results
+
+
+def table_rows(results: dict) -> list[list]:
+    rows = []
+    for n in ROWS:
+        for c in LEVELS:
+            plain, v2 = results[f"{n}/{c}//invocations"], results[f"{n}/{c}/V2 infer"]
+            rows.append([n, c, f"{plain['rps']:,.0f}", f"{plain['p50_ms']:.2f}", f"{v2['rps']:,.0f}",
+                         f"{v2['p50_ms']:.2f}", f"{v2['p50_ms'] - plain['p50_ms']:+.2f}"])
+    return rows
 
 
 def main() -> None:
@@ -64,12 +90,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Runs per cell (the median is shown).")
     parser.add_argument("--no-replica", action="store_true", help="Only the fixed-answer backend.")
     args = parser.parse_args()
-    for tool in ("wrk", "haproxy"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed (Debian: apt-get install {tool})")
+    require_tools()
     frame = pd.DataFrame(iris_rows(3), columns=IRIS_COLUMNS)
     signature = infer_signature(frame, np.array([0, 1, 2])).to_dict()
-    rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         state = root / "state"
@@ -87,20 +110,7 @@ def main() -> None:
         write(table_path(state), RouteTable(serial=1, published_at=time.time(), routes=tuple(routes)))
         gateway = Gateways(state, 1)
         try:
-            for n in ROWS:
-                split, v2 = bodies(n)
-                scripts = {"/invocations": script(root, f"split{n}", split), "V2 infer": script(root, f"v2{n}", v2)}
-                base = f"http://127.0.0.1:{gateway.port}"
-                targets = {"/invocations": f"{base}/serve/iris{n}/Production/invocations",
-                           "V2 infer": f"{base}/v2/models/iris{n}/infer"}
-                cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, scripts)  # taking turns
-                results.update({f"{n}/{c}/{name}": {"rps": r, "p50_ms": p} for (c, name), (r, p, _) in
-                                cells.items()})
-            for n in ROWS:
-                for c in LEVELS:
-                    plain, v2 = results[f"{n}/{c}//invocations"], results[f"{n}/{c}/V2 infer"]
-                    rows.append([n, c, f"{plain['rps']:,.0f}", f"{plain['p50_ms']:.2f}", f"{v2['rps']:,.0f}",
-                                 f"{v2['p50_ms']:.2f}", f"{v2['p50_ms'] - plain['p50_ms']:+.2f}"])
+            results = measure(root, f"http://127.0.0.1:{gateway.port}", {n: f"iris{n}" for n in ROWS}, args)
         finally:
             gateway.stop()
             for process in backends:
@@ -108,21 +118,20 @@ def main() -> None:
     headers = ["rows", "concurrency", "/invocations req/s", "p50 ms", "V2 req/s", "p50 ms", "added p50 ms"]
     print(f"\nV2 infer against /invocations through one gateway instance (wrk, median of {args.rounds} x "
           f"{args.seconds:g} s; backend: haproxy with a fixed answer)")
-    print_table(headers, rows)
-    replica_rows, replica_results = ([], {}) if args.no_replica else in_front_of_a_replica(args)
-    if replica_rows:
+    print_table(headers, table_rows(results))
+    replica_results = {} if args.no_replica else in_front_of_a_replica(args)
+    if replica_results:
         print("\nThe same in front of a real replica (mlflow models serve of the iris model)")
-        print_table(headers, replica_rows)
+        print_table(headers, table_rows(replica_results))
     print(f"\nfigures: {write_json('bench_v2', {'fixed': results, 'replica': replica_results})}")
 
 
-def in_front_of_a_replica(args: argparse.Namespace) -> tuple[list, dict]:
+def in_front_of_a_replica(args: argparse.Namespace) -> dict:
     """A real model server behind the watcher's gateway; the watcher publishes the metadata."""
     import mlops_toolkit as mt
     from benchmarks.support import ServingStack
     from tests.harness import Watcher, wait_for
 
-    results, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp, ServingStack(Path(tmp), versions=1) as stack:
         root = Path(tmp)
         mt.set_alias(stack.model, "Production", stack.versions[0])
@@ -131,22 +140,9 @@ def in_front_of_a_replica(args: argparse.Namespace) -> tuple[list, dict]:
             wait_for(lambda: (e := watcher.endpoints().get("Production")) and e["state"] == "ready", 180,
                      what="Production ready")
             wait_for(lambda: list((root / "autoserve" / "metadata").glob("*/*.json")), 60, what="metadata")
-            for n in ROWS:
-                split, v2 = bodies(n)
-                scripts = {"/invocations": script(root, f"split{n}", split), "V2 infer": script(root, f"v2{n}", v2)}
-                targets = {"/invocations": f"{watcher.url}/serve/{stack.model}/Production/invocations",
-                           "V2 infer": f"{watcher.url}/v2/models/{stack.model}/infer"}
-                cells = side_by_side(targets, LEVELS, args.seconds, args.rounds, scripts)
-                results.update({f"{n}/{c}/{name}": {"rps": r, "p50_ms": p} for (c, name), (r, p, _) in
-                                cells.items()})
+            return measure(root, watcher.url, {n: stack.model for n in ROWS}, args)
         finally:
             watcher.stop()
-    for n in ROWS:
-        for c in LEVELS:
-            plain, v2 = results[f"{n}/{c}//invocations"], results[f"{n}/{c}/V2 infer"]
-            rows.append([n, c, f"{plain['rps']:,.0f}", f"{plain['p50_ms']:.2f}", f"{v2['rps']:,.0f}",
-                         f"{v2['p50_ms']:.2f}", f"{v2['p50_ms'] - plain['p50_ms']:+.2f}"])
-    return rows, results
 
 
 if __name__ == "__main__":

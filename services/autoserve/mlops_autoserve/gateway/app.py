@@ -178,6 +178,17 @@ class Gateway:
         info = request.match_info
         return info["model"], info.get("alias") or self.settings.v2_default_alias
 
+    def known_route(self, request: web.Request) -> tuple[RouteEntry | None, web.Response | None]:
+        """The route a request names, or the answer instead: 401 without the bearer token,
+        404 for a route the table does not have (for the pages about a route, not /invocations)."""
+        if not bearer_ok(request, self.settings.auth_token):
+            return None, unauthorized()
+        model, alias = self.names(request)
+        route = self.table.table.get(model, alias)
+        if route is None:
+            return None, error(404, f"no endpoint for {model}@{alias}", model=model, alias=alias)
+        return route, None
+
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: invite the body only when the request would be taken."""
         started = time.perf_counter()

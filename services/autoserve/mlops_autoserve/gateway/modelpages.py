@@ -66,15 +66,11 @@ class ModelPages:
                 web.get("/docs/static/{name}", self.asset)]
 
     def _route(self, request: web.Request):  # noqa: ANN202
-        if not bearer_ok(request, self.gateway.settings.auth_token):
-            return None, unauthorized()
-        model, alias = self.gateway.names(request)
-        route = self.gateway.table.table.get(model, alias)
-        if route is None:
-            return None, error(404, f"no endpoint for {model}@{alias}", model=model, alias=alias)
-        if route.version is None:
-            return None, error(503, "endpoint not ready", model=model, alias=alias, state=route.state)
-        return route, None
+        """A known route with a serving version, or the answer instead (401, 404, 503)."""
+        route, problem = self.gateway.known_route(request)
+        if route is not None and route.version is None:
+            return None, error(503, "endpoint not ready", model=route.model, alias=route.alias, state=route.state)
+        return route, problem
 
     async def metadata(self, request: web.Request) -> web.Response:
         route, problem = self._route(request)

@@ -100,31 +100,22 @@ class V2Routes:
         ready = any(_ready(r) for r in self.gateway.table.table.routes)
         return web.json_response({"ready": ready}, status=200 if ready else 400)
 
-    def _route(self, request: web.Request) -> tuple[str, str, RouteEntry | None]:
-        model, alias = self.gateway.names(request)
-        return model, alias, self.gateway.table.table.get(model, alias)
-
     async def model_metadata(self, request: web.Request) -> web.Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        model, alias, route = self._route(request)
-        if route is None:
-            return error(404, f"no endpoint for {model}@{alias}", model=model, alias=alias)
+        route, problem = self.gateway.known_route(request)
+        if problem is not None:
+            return problem
+        model = route.model
         aliases = sorted(r.alias for r in self.gateway.table.table.routes if r.model == model)
         signature = self.gateway.model_info.signature(model, route.version) if route.version else Signature()
         return web.json_response(model_metadata(model, aliases, signature),
                                  headers={"X-Model-Version": str(route.version or "")})
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        model, alias, route = self._route(request)
-        if route is None:
-            return error(404, f"no endpoint for {model}@{alias}", model=model, alias=alias)
+        route, problem = self.gateway.known_route(request)
+        if problem is not None:
+            return problem
         ready = _ready(route)
-        return web.json_response({"name": model, "ready": ready}, status=200 if ready else 400)
+        return web.json_response({"name": route.model, "ready": ready}, status=200 if ready else 400)
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
         header_length = request.headers.get(BINARY_HEADER)

@@ -84,6 +84,7 @@ class MetadataPublisher:
         self.tracking_uri = settings.tracking_uri
         self.fetch = fetch
         self._pending: set[tuple[str, int]] = set()
+        self._written: set[tuple[str, int]] = set()  # known to have a file: no stat per cycle
         self._retry_at: dict[tuple[str, int], float] = {}
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -96,10 +97,12 @@ class MetadataPublisher:
         now = time.monotonic()
         with self._lock:
             self._retry_at = {k: t for k, t in self._retry_at.items() if k in running}
-            for key in sorted(running):
+            self._written &= running
+            for key in sorted(running - self._written):
                 if key in self._pending or self._retry_at.get(key, 0.0) > now:
                     continue
-                if metadata_path(self.state_dir, *key).exists():
+                if metadata_path(self.state_dir, *key).exists():  # written by an earlier watcher
+                    self._written.add(key)
                     continue
                 if len(self._pending) >= MAX_PENDING:
                     break
@@ -113,6 +116,8 @@ class MetadataPublisher:
         while (key := self._queue.get()) is not None:
             try:
                 path = write_metadata(self.state_dir, self.fetch(self.tracking_uri, *key))
+                with self._lock:
+                    self._written.add(key)
                 log.info("model metadata published", extra={"model": key[0], "version": key[1], "path": str(path)})
             except Exception as exc:  # noqa: BLE001 - one version's failure is that version's
                 log.warning("model metadata could not be read; trying again later",
